@@ -1,0 +1,66 @@
+"""Shared set-up for qure's benchmarks: thread counts, sizes and a ratio summary.
+
+Run with ``pytest benches/``. ``QURE_BENCH_SCALE=small`` shrinks every problem (a smoke run);
+``QURE_BENCH_THREADS`` (default 2) sets the threads of qure, torch and FAISS alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import pytest
+
+SMALL = os.environ.get("QURE_BENCH_SCALE", "full") == "small"
+THREADS = int(os.environ.get("QURE_BENCH_THREADS", "2"))
+
+# group -> name -> (seconds per unit of work, unit)
+RESULTS: dict[str, dict[str, tuple[float, str]]] = defaultdict(dict)
+
+
+def record(group: str, name: str, seconds_per_unit: float, unit: str) -> None:
+    """Keeps a result for the end-of-run table of ratios."""
+    RESULTS[group][name] = (seconds_per_unit, unit)
+
+
+def per_unit(benchmark, units: int) -> float:
+    """Best (minimum) time of a finished benchmark divided by the units of work it did."""
+    stats = benchmark.stats.stats
+    return float(stats.min) / units
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    import qure
+
+    qure.set_num_threads(THREADS)
+    try:
+        import torch
+
+        torch.set_num_threads(THREADS)
+    except ImportError:
+        pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(THREADS)
+    except ImportError:
+        pass
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"qure ratios ({THREADS} threads{', small scale' if SMALL else ''})")
+    for group, rows in RESULTS.items():
+        base = rows.get("qure")
+        tr.write_line(f"[{group}]")
+        for name, (value, unit) in rows.items():
+            ratio = ""
+            if base and name != "qure":
+                if unit.startswith("GFLOP"):
+                    ratio = f"  qure is {base[0] / value:.2f}x"
+                else:
+                    ratio = f"  qure is {value / base[0]:.1f}x faster"
+            tr.write_line(f"  {name:<28} {value:12.4f} {unit}{ratio}")

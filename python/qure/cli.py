@@ -1,0 +1,121 @@
+"""The ``qure`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import __version__, set_num_threads
+from .mining import HardNegatives, mine_negatives
+
+
+def _synthetic_scores(
+    n_queries: int, n_gallery: int, dim: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of noisy queries against random unit gallery embeddings, and each query's target."""
+    rng = np.random.default_rng(seed)
+    gallery = rng.standard_normal((n_gallery, dim), dtype=np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    targets = rng.integers(0, n_gallery, n_queries)
+    queries = gallery[targets] + noise * rng.standard_normal((n_queries, dim), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return queries @ gallery.T, targets
+
+
+def _cmd_mine(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    if args.scores is not None:
+        if args.targets is None:
+            print("qure mine: --scores needs --targets", file=sys.stderr)
+            return 2
+        scores = np.load(args.scores, mmap_mode="r")
+        targets = np.load(args.targets)
+        source = f"{args.scores} ({scores.shape[0]} x {scores.shape[1]})"
+    else:
+        scores, targets = _synthetic_scores(
+            args.queries, args.gallery, args.dim, args.noise, args.seed
+        )
+        source = (
+            f"synthetic: {args.queries} queries x {args.gallery} gallery, d={args.dim}, "
+            f"noise={args.noise}, seed={args.seed}"
+        )
+    start = time.perf_counter()
+    negatives = mine_negatives(
+        scores,
+        targets,
+        consecutive_threshold=args.threshold,
+        pairing=args.pairing,
+        max_rank=args.max_rank,
+    )
+    elapsed = time.perf_counter() - start
+    _print_summary(source, negatives, elapsed)
+    if args.out:
+        negatives.save(args.out)
+        print(f"saved to {args.out}")
+    return 0
+
+
+def _print_summary(source: str, negatives: HardNegatives, elapsed: float) -> None:
+    sizes = negatives.sizes
+    n = len(negatives)
+    print(f"scores: {source}")
+    print(f"mined:  {negatives!r}")
+    if n:
+        ranks = negatives.target_rank
+        print(
+            f"target rank: median {np.median(ranks):g}, "
+            f"R@1 {np.mean(ranks < 1):.3f}, R@10 {np.mean(ranks < 10):.3f}"
+        )
+        print(f"band size: min {sizes.min()}, max {sizes.max()}, std {sizes.std():.1f}")
+        first = negatives[0][:10].tolist()
+        more = " ..." if sizes[0] > 10 else ""
+        print(f"query 0: target rank {ranks[0]}, drops {negatives.drops[0].tolist()}, "
+              f"band {first}{more}")
+    print(f"time:   {elapsed * 1e3:.1f} ms ({elapsed / max(n, 1) * 1e6:.1f} us per query)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qure", description="QuRe hard-negative mining for composed image retrieval."
+    )
+    parser.add_argument("--version", action="version", version=f"qure {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mine = sub.add_parser(
+        "mine",
+        help="mine two-steep-drop hard negatives from a score matrix",
+        description="Mine hard-negative bands from saved scores (.npy) or a synthetic matrix.",
+    )
+    mine.add_argument("--scores", help="(Q, N) score matrix, .npy")
+    mine.add_argument("--targets", help="(Q,) target gallery index per query, .npy")
+    mine.add_argument("--queries", type=int, default=2000, help="synthetic queries (default 2000)")
+    mine.add_argument("--gallery", type=int, default=10000, help="synthetic gallery size")
+    mine.add_argument("--dim", type=int, default=64, help="synthetic embedding size")
+    mine.add_argument("--noise", type=float, default=0.15, help="synthetic query noise")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--threshold", type=int, default=1, help="consecutive_threshold")
+    mine.add_argument("--pairing", choices=["consecutive", "anchored"], default="consecutive")
+    mine.add_argument("--max-rank", type=int, default=None)
+    mine.add_argument("--threads", type=int, default=None)
+    mine.add_argument("--out", help="write the bands to this .npz file")
+    mine.set_defaults(func=_cmd_mine)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, OSError) as err:
+        print(f"qure {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

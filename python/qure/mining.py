@@ -1,0 +1,173 @@
+"""Two-steep-drop hard-negative mining (QuRe) on score matrices."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_float32_matrix, as_ids, as_index_vector, as_ragged_indices
+
+__all__ = ["HardNegatives", "mine_negatives"]
+
+Pairing = Literal["consecutive", "anchored"]
+_PAIRINGS = ("consecutive", "anchored")
+
+
+@dataclass(frozen=True, eq=False)
+class HardNegatives:
+    """Mined hard-negative bands, one per query, in CSR form.
+
+    ``negatives[i]`` is query ``i``'s band (gallery indices, int64, best-ranked first).
+    ``target_rank[i]`` is the target's 0-based rank and ``drops[i]`` the tail positions
+    ``(a, b)`` of the two chosen drops (``(-1, -1)`` when no pair qualified).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    target_rank: np.ndarray
+    drops: np.ndarray
+
+    def __post_init__(self) -> None:
+        q = self.target_rank.shape[0]
+        if self.indptr.shape != (q + 1,) or self.drops.shape != (q, 2):
+            raise ValueError(
+                f"inconsistent HardNegatives: indptr {self.indptr.shape}, "
+                f"target_rank {self.target_rank.shape}, drops {self.drops.shape}"
+            )
+        if q and (self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0]):
+            raise ValueError("inconsistent HardNegatives: indptr does not span indices")
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Band size per query (after exclusions)."""
+        return np.diff(self.indptr)
+
+    @property
+    def empty(self) -> np.ndarray:
+        """Boolean mask of queries whose band is empty."""
+        return self.sizes == 0
+
+    def __len__(self) -> int:
+        return int(self.target_rank.shape[0])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"query {i} out of range for {n} queries")
+        i %= n
+        return self.indices[self.indptr[i] : self.indptr[i + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HardNegatives):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f), getattr(other, f))
+            for f in ("indptr", "indices", "target_rank", "drops")
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        sizes = self.sizes
+        if len(self) == 0:
+            return "HardNegatives(queries=0)"
+        return (
+            f"HardNegatives(queries={len(self)}, band size mean={sizes.mean():.1f} "
+            f"median={np.median(sizes):g}, empty={int((sizes == 0).sum())})"
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the bands to a ``.npz`` file."""
+        np.savez(
+            path,
+            indptr=self.indptr,
+            indices=self.indices,
+            target_rank=self.target_rank,
+            drops=self.drops,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> HardNegatives:
+        """Reads bands written by :meth:`save`."""
+        with np.load(path) as data:
+            missing = {"indptr", "indices", "target_rank", "drops"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path} is not a HardNegatives file (missing {sorted(missing)})")
+            return cls(
+                indptr=data["indptr"].astype(np.int64),
+                indices=data["indices"].astype(np.int64),
+                target_rank=data["target_rank"].astype(np.int64),
+                drops=data["drops"].astype(np.int64),
+            )
+
+
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def mine_negatives(
+    scores: Any,
+    target_idx: Any,
+    *,
+    consecutive_threshold: int = 1,
+    pairing: Pairing = "consecutive",
+    max_rank: int | None = None,
+    positives: Any = None,
+    gallery_ids: Any = None,
+) -> HardNegatives:
+    """Mines each query's hard-negative band between the two steepest score drops.
+
+    Args:
+        scores: ``(Q, N)`` scores (NumPy or torch; float32 is read without a copy).
+        target_idx: ``(Q,)`` gallery index of each query's annotated target.
+        consecutive_threshold: the two drops must be more than this many positions apart.
+        pairing: ``"consecutive"`` scans ``(1st, 2nd), (2nd, 3rd), ...`` steepest drops, as the
+            released QuRe code does; ``"anchored"`` pairs the steepest drop with the first drop far
+            enough from it (closer to the paper's Eq. 6-7).
+        max_rank: only look at the first ``max_rank`` items after the target (an approximation
+            for huge galleries; exact when ``None``).
+        positives: per query, other known positives (gallery indices) to drop from the band.
+        gallery_ids: ``(N,)`` id per gallery item (ints or names); items sharing the target's or a
+            positive's id are dropped, and each id is kept once.
+
+    Returns:
+        HardNegatives: the bands (empty where no pair of drops qualifies), target ranks and drops.
+    """
+    matrix = as_float32_matrix(scores, "scores")
+    n_queries, n_gallery = matrix.shape
+    targets = as_index_vector(target_idx, "target_idx")
+    if targets.shape[0] != n_queries:
+        raise ValueError(
+            f"target_idx has {targets.shape[0]} entries but scores have {n_queries} rows"
+        )
+    threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0)
+    if pairing not in _PAIRINGS:
+        raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
+    rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1)
+    pos_indptr = pos_indices = None
+    if positives is not None:
+        pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
+    ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
+    indptr, indices, target_rank, drops = _core.mine_negatives(
+        matrix,
+        targets,
+        threshold,
+        pairing,
+        rank_limit,
+        pos_indptr,
+        pos_indices,
+        ids,
+    )
+    return HardNegatives(indptr=indptr, indices=indices, target_rank=target_rank, drops=drops)

@@ -1,0 +1,904 @@
+//! Two-steep-drop hard-negative mining (QuRe, ICML 2025), exact and parallel over queries.
+//!
+//! The rule, per query (score row `s`, annotated target `t`):
+//! 1. Rank the gallery by score descending, ties by ascending index; `p` is the target's rank.
+//! 2. The tail is everything ranked after `p` (at most `max_rank` items when given). Drop `j` is
+//!    `s(tail[j + 1]) - s(tail[j])`, in `f32`.
+//! 3. Order drops steepest first, ties by position: `o_0, o_1, ...`.
+//!    * consecutive pairing: the first pair `(o_k, o_k+1)` more than `threshold` apart;
+//!    * anchored pairing: `o_0` with the first `o_k` more than `threshold` away from it.
+//! 4. With `a < b` the chosen positions, the band is `tail[a + 1 ..= b]` in rank order; when no
+//!    pair qualifies the band is empty.
+//! 5. Known positives and duplicates of the target (or of a positive), and repeated ids, are
+//!    then removed, keeping rank order.
+//!
+//! The fast path never sorts the tail. It buckets the tail's scores (as the linear-time maximum
+//! gap algorithm does): every drop inside a bucket is no steeper than the widest bucket's own
+//! spread, so the drops between buckets that are steeper than that spread are, exactly, the
+//! steepest drops of the whole tail. Only the band is then sorted. When the rule needs a drop
+//! this certificate cannot order (heavy ties, large thresholds), the row falls back to a full
+//! sort, so the result is always the exact rule.
+
+use std::collections::HashSet;
+
+use rayon::prelude::*;
+
+use crate::error::{QureError, Result};
+use crate::keys::{drop_key, f32_to_ordered, key_index, key_score, rank_key};
+use crate::threads;
+
+/// How the two steep drops are paired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Pairing {
+    /// Scan `(o_0, o_1), (o_1, o_2), ...` (the released training code).
+    #[default]
+    Consecutive,
+    /// Pair `o_0` with the first `o_k` far enough from it (closer to the paper's Eq. 6-7).
+    Anchored,
+}
+
+/// Settings of the mining rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MineOptions {
+    /// The two drops must be more than this many positions apart.
+    pub consecutive_threshold: usize,
+    /// How drops are paired.
+    pub pairing: Pairing,
+    /// Keep only the first `max_rank` tail items (an approximation for huge galleries).
+    pub max_rank: Option<usize>,
+}
+
+impl Default for MineOptions {
+    fn default() -> Self {
+        MineOptions {
+            consecutive_threshold: 1,
+            pairing: Pairing::Consecutive,
+            max_rank: None,
+        }
+    }
+}
+
+/// A borrowed compressed-sparse-row list of gallery indices per query.
+#[derive(Clone, Copy, Debug)]
+pub struct CsrRef<'a> {
+    /// `(Q + 1,)` offsets into `indices`.
+    pub indptr: &'a [i64],
+    /// Gallery indices.
+    pub indices: &'a [i64],
+}
+
+impl<'a> CsrRef<'a> {
+    /// Row `i` (call only after validation).
+    pub fn row(&self, i: usize) -> &'a [i64] {
+        &self.indices[self.indptr[i] as usize..self.indptr[i + 1] as usize]
+    }
+}
+
+/// What is removed from each band after it is chosen.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exclusions<'a> {
+    /// Other known positives per query (gallery indices).
+    pub positives: Option<CsrRef<'a>>,
+    /// An id per gallery item: items sharing the target's (or a positive's) id are removed, and
+    /// only the first occurrence of every id is kept.
+    pub gallery_ids: Option<&'a [i64]>,
+}
+
+/// Mined bands for a set of queries, in CSR form.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HardNegatives {
+    /// `(Q + 1,)` offsets into `indices`.
+    pub indptr: Vec<i64>,
+    /// Gallery indices of every band, each band in rank order.
+    pub indices: Vec<i64>,
+    /// 0-based rank of each query's target.
+    pub target_rank: Vec<i64>,
+    /// Tail positions `(a, b)` of the chosen drops, `(-1, -1)` when none qualified.
+    pub drops: Vec<[i64; 2]>,
+}
+
+impl HardNegatives {
+    /// Number of queries.
+    pub fn len(&self) -> usize {
+        self.target_rank.len()
+    }
+
+    /// True when there are no queries.
+    pub fn is_empty(&self) -> bool {
+        self.target_rank.is_empty()
+    }
+
+    /// The band of query `i`.
+    pub fn band(&self, i: usize) -> &[i64] {
+        &self.indices[self.indptr[i] as usize..self.indptr[i + 1] as usize]
+    }
+
+    /// An empty result with room for `queries` queries.
+    pub fn with_capacity(queries: usize) -> Self {
+        let mut indptr = Vec::with_capacity(queries + 1);
+        indptr.push(0);
+        HardNegatives {
+            indptr,
+            indices: Vec::new(),
+            target_rank: Vec::with_capacity(queries),
+            drops: Vec::with_capacity(queries),
+        }
+    }
+
+    /// Closes the current row, whose band was already pushed onto `indices`.
+    fn finish_row(&mut self, target_rank: usize, drops: Option<(usize, usize)>) {
+        self.indptr.push(self.indices.len() as i64);
+        self.target_rank.push(target_rank as i64);
+        self.drops.push(match drops {
+            Some((a, b)) => [a as i64, b as i64],
+            None => [-1, -1],
+        });
+    }
+
+    /// Appends the queries of `parts`, in order.
+    pub fn append(&mut self, parts: &[HardNegatives]) {
+        let extra: usize = parts.iter().map(|p| p.indices.len()).sum();
+        self.indices.reserve_exact(extra);
+        for part in parts {
+            let offset = self.indices.len() as i64;
+            self.indices.extend_from_slice(&part.indices);
+            self.indptr
+                .extend(part.indptr[1..].iter().map(|&p| p + offset));
+            self.target_rank.extend_from_slice(&part.target_rank);
+            self.drops.extend_from_slice(&part.drops);
+        }
+    }
+}
+
+/// Checks everything but the scores, once, and mines blocks of score rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Miner<'a> {
+    n_gallery: usize,
+    targets: &'a [i64],
+    options: MineOptions,
+    exclusions: Exclusions<'a>,
+}
+
+impl<'a> Miner<'a> {
+    /// Validates the targets, options and exclusions for a `(targets.len(), n_gallery)` problem.
+    pub fn new(
+        n_gallery: usize,
+        targets: &'a [i64],
+        options: MineOptions,
+        exclusions: Exclusions<'a>,
+    ) -> Result<Self> {
+        if n_gallery == 0 {
+            return Err(QureError::invalid(
+                "the gallery is empty (scores have 0 columns)",
+            ));
+        }
+        if n_gallery > u32::MAX as usize {
+            return Err(QureError::invalid(format!(
+                "galleries of more than {} items are not supported (got {n_gallery})",
+                u32::MAX
+            )));
+        }
+        if let Some((i, &t)) = targets
+            .iter()
+            .enumerate()
+            .find(|&(_, &t)| t < 0 || t as u64 >= n_gallery as u64)
+        {
+            return Err(QureError::invalid(format!(
+                "target_idx[{i}] = {t} is out of range for a gallery of {n_gallery} items"
+            )));
+        }
+        if options.max_rank == Some(0) {
+            return Err(QureError::invalid("max_rank must be at least 1"));
+        }
+        let n_queries = targets.len();
+        if let Some(pos) = exclusions.positives {
+            validate_csr(pos, n_queries, n_gallery, "positives")?;
+        }
+        if let Some(ids) = exclusions.gallery_ids {
+            if ids.len() != n_gallery {
+                return Err(QureError::invalid(format!(
+                    "gallery_ids has {} entries but the gallery has {n_gallery} items",
+                    ids.len()
+                )));
+            }
+        }
+        Ok(Miner {
+            n_gallery,
+            targets,
+            options,
+            exclusions,
+        })
+    }
+
+    /// Number of queries.
+    pub fn n_queries(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Mines the score rows of queries `first_query ..` held row-major in `block`, in parallel on
+    /// the current rayon pool, and appends them to `out` (which must hold queries
+    /// `0 .. first_query` already).
+    pub fn mine_block(
+        &self,
+        first_query: usize,
+        block: &[f32],
+        out: &mut HardNegatives,
+    ) -> Result<()> {
+        let n = self.n_gallery;
+        if block.len() % n != 0 {
+            return Err(QureError::invalid(
+                "score block is not a whole number of rows",
+            ));
+        }
+        let rows = block.len() / n;
+        if first_query != out.len() || first_query + rows > self.n_queries() {
+            return Err(QureError::invalid(format!(
+                "score rows {first_query}..{} do not continue the {} mined of {} queries",
+                first_query + rows,
+                out.len(),
+                self.n_queries()
+            )));
+        }
+        // Fixed-size tasks, concatenated in order: the same output for any thread count.
+        let chunks: Vec<std::result::Result<HardNegatives, (usize, usize)>> = block
+            .par_chunks(n * ROWS_PER_TASK)
+            .enumerate()
+            .map_init(Scratch::default, |scratch, (c, rows)| {
+                let first = first_query + c * ROWS_PER_TASK;
+                let mut part = HardNegatives::with_capacity(rows.len() / n);
+                for (r, row) in rows.chunks_exact(n).enumerate() {
+                    let query = first + r;
+                    let target = self.targets[query] as usize;
+                    let (rank, drops) = mine_row(row, target, &self.options, scratch)
+                        .map_err(|col| (query, col))?;
+                    self.exclude_into(query, target, &scratch.band, &mut part.indices);
+                    part.finish_row(rank, drops);
+                }
+                Ok(part)
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            // The first failing task holds the first bad row.
+            parts.push(chunk.map_err(|(row, col)| QureError::NonFinite {
+                what: "scores",
+                row,
+                col,
+            })?);
+        }
+        out.append(&parts);
+        Ok(())
+    }
+
+    /// Appends the band's gallery indices, minus positives and duplicate ids, to `out`.
+    fn exclude_into(&self, query: usize, target: usize, band: &[u64], out: &mut Vec<i64>) {
+        let positives = self
+            .exclusions
+            .positives
+            .map(|p| p.row(query))
+            .unwrap_or(&[]);
+        match self.exclusions.gallery_ids {
+            None if positives.is_empty() => {
+                out.extend(band.iter().map(|&k| i64::from(key_index(k))));
+            }
+            None => {
+                let mut positives = positives.to_vec();
+                positives.sort_unstable();
+                out.extend(
+                    band.iter()
+                        .map(|&k| i64::from(key_index(k)))
+                        .filter(|i| positives.binary_search(i).is_err()),
+                );
+            }
+            Some(ids) => {
+                let mut seen: HashSet<i64> =
+                    HashSet::with_capacity(band.len() + positives.len() + 1);
+                seen.insert(ids[target]);
+                seen.extend(positives.iter().map(|&p| ids[p as usize]));
+                out.extend(
+                    band.iter()
+                        .map(|&k| key_index(k) as usize)
+                        .filter(|&i| seen.insert(ids[i]))
+                        .map(|i| i as i64),
+                );
+            }
+        }
+    }
+}
+
+fn validate_csr(csr: CsrRef<'_>, rows: usize, n_gallery: usize, name: &str) -> Result<()> {
+    if csr.indptr.len() != rows + 1 {
+        return Err(QureError::invalid(format!(
+            "{name} has {} rows but there are {rows} queries",
+            csr.indptr.len().saturating_sub(1)
+        )));
+    }
+    let nnz = csr.indices.len() as i64;
+    if csr.indptr[0] != 0 || csr.indptr[rows] != nnz || csr.indptr.windows(2).any(|w| w[0] > w[1]) {
+        return Err(QureError::invalid(format!(
+            "{name} has inconsistent row offsets"
+        )));
+    }
+    if let Some((k, &g)) = csr
+        .indices
+        .iter()
+        .enumerate()
+        .find(|&(_, &g)| g < 0 || g as u64 >= n_gallery as u64)
+    {
+        let row = csr.indptr.partition_point(|&p| p <= k as i64) - 1;
+        return Err(QureError::invalid(format!(
+            "{name}[{row}] holds index {g}, out of range for a gallery of {n_gallery} items"
+        )));
+    }
+    Ok(())
+}
+
+/// Mines every row of a row-major `(targets.len(), n_gallery)` score matrix on qure's pool.
+pub fn mine_negatives(
+    scores: &[f32],
+    n_gallery: usize,
+    targets: &[i64],
+    options: MineOptions,
+    exclusions: Exclusions<'_>,
+) -> Result<HardNegatives> {
+    let miner = Miner::new(n_gallery, targets, options, exclusions)?;
+    if scores.len() != targets.len() * n_gallery {
+        return Err(QureError::invalid(format!(
+            "scores hold {} values, expected {} queries x {n_gallery} gallery items",
+            scores.len(),
+            targets.len()
+        )));
+    }
+    let mut out = HardNegatives::with_capacity(targets.len());
+    threads::install(|| miner.mine_block(0, scores, &mut out))?;
+    Ok(out)
+}
+
+/// Per-thread buffers, reused across rows.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<u64>,
+    count: Vec<u32>,
+    bucket_min: Vec<f32>,
+    bucket_max: Vec<f32>,
+    candidates: Vec<u64>,
+    cursor: Vec<u32>,
+    band: Vec<u64>,
+}
+
+/// Drops examined in the first round of the steepest-first scan; more only when needed.
+const FIRST_SCAN: usize = 16;
+
+/// Score rows per parallel task.
+const ROWS_PER_TASK: usize = 4;
+
+/// Bands up to this size are sorted directly; larger ones are bucket-sorted.
+const SMALL_BAND: usize = 64;
+
+/// Tail items per bucket in the fast path.
+const ITEMS_PER_BUCKET: usize = 8;
+
+/// Mines one row; the band's rank keys (before exclusions) are left in `scratch.band`.
+/// Returns the target's rank and the chosen drop positions, or the column of a non-finite score.
+fn mine_row(
+    row: &[f32],
+    target: usize,
+    options: &MineOptions,
+    scratch: &mut Scratch,
+) -> std::result::Result<(usize, Option<(usize, usize)>), usize> {
+    let n = row.len();
+    scratch.band.clear();
+    let keys = &mut scratch.keys;
+    keys.resize(n, 0);
+    let target_key = rank_key(row[target], target as u32);
+    let mut len = 0;
+    let mut finite = true;
+    // Branch-free compaction: every key is written, only tail keys (key > target's) advance.
+    for (j, &v) in row.iter().enumerate() {
+        finite &= v.is_finite();
+        let key = rank_key(v, j as u32);
+        keys[len] = key;
+        len += usize::from(key > target_key);
+    }
+    if !finite {
+        return Err(row.iter().position(|v| !v.is_finite()).unwrap_or(0));
+    }
+    let target_rank = n - 1 - len;
+    if let Some(m) = options.max_rank {
+        if m < len {
+            keys[..len].select_nth_unstable(m - 1);
+            len = m;
+        }
+    }
+    keys.truncate(len);
+    if len < 3 {
+        return Ok((target_rank, None));
+    }
+    let drops =
+        choose_band_bucketed(scratch, options).or_else(|| choose_band_sorted(scratch, options));
+    Ok((target_rank, drops))
+}
+
+/// Sorts rank keys in linear expected time: buckets by score, then orders each small bucket.
+fn bucket_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, starts: &mut Vec<u32>) {
+    let (mut kmin, mut kmax) = (u64::MAX, 0u64);
+    for &k in keys.iter() {
+        kmin = kmin.min(k);
+        kmax = kmax.max(k);
+    }
+    let (hi, lo) = (key_score(kmin), key_score(kmax));
+    let buckets = keys.len().div_ceil(2);
+    let scale = buckets as f64 / (f64::from(hi) - f64::from(lo));
+    if hi <= lo || !scale.is_finite() {
+        keys.sort_unstable();
+        return;
+    }
+    let last = buckets - 1;
+    let bucket_of =
+        |k: u64| (((f64::from(hi) - f64::from(key_score(k))) * scale) as usize).min(last);
+    starts.clear();
+    starts.resize(buckets + 1, 0);
+    for &k in keys.iter() {
+        starts[bucket_of(k) + 1] += 1;
+    }
+    for b in 0..buckets {
+        starts[b + 1] += starts[b];
+    }
+    spare.clear();
+    spare.resize(keys.len(), 0);
+    for &k in keys.iter() {
+        let slot = &mut starts[bucket_of(k)];
+        spare[*slot as usize] = k;
+        *slot += 1;
+    }
+    // `starts[b]` now holds the end of bucket b.
+    let mut begin = 0;
+    for &end in &starts[..buckets] {
+        let end = end as usize;
+        if end - begin > 1 {
+            insertion_sort(&mut spare[begin..end]);
+        }
+        begin = end;
+    }
+    std::mem::swap(keys, spare);
+}
+
+/// Sorts a short slice (a bucket holds a handful of keys; larger ones fall back to pdqsort).
+fn insertion_sort(keys: &mut [u64]) {
+    if keys.len() > 32 {
+        keys.sort_unstable();
+        return;
+    }
+    for i in 1..keys.len() {
+        let key = keys[i];
+        let mut j = i;
+        while j > 0 && keys[j - 1] > key {
+            keys[j] = keys[j - 1];
+            j -= 1;
+        }
+        keys[j] = key;
+    }
+}
+
+/// Scans a sorted prefix of the drop order for the first qualifying pair.
+fn scan_pairs(order: &[u64], options: &MineOptions) -> Option<(usize, usize)> {
+    let position = |k: &u64| key_index(*k) as usize;
+    let threshold = options.consecutive_threshold;
+    match options.pairing {
+        Pairing::Consecutive => order.windows(2).find_map(|w| {
+            let (x, y) = (position(&w[0]), position(&w[1]));
+            let (a, b) = (x.min(y), x.max(y));
+            (b - a > threshold).then_some((a, b))
+        }),
+        Pairing::Anchored => {
+            let first = position(order.first()?);
+            order[1..]
+                .iter()
+                .map(position)
+                .find(|&y| y.abs_diff(first) > threshold)
+                .map(|y| (first.min(y), first.max(y)))
+        }
+    }
+}
+
+/// Finds the first qualifying pair among all of `drops` (drop keys, any order), looking at as few
+/// of the steepest as it can. `None` when no pair in the whole list qualifies.
+fn choose_pair(drops: &mut [u64], options: &MineOptions) -> Option<(usize, usize)> {
+    let m = drops.len();
+    let mut k = m.min(FIRST_SCAN);
+    loop {
+        if k < m {
+            drops.select_nth_unstable(k - 1);
+            drops[..k].sort_unstable();
+        } else {
+            drops.sort_unstable();
+        }
+        if let Some(pair) = scan_pairs(&drops[..k], options) {
+            return Some(pair);
+        }
+        if k >= m {
+            return None;
+        }
+        k = m.min(k * 8);
+    }
+}
+
+/// Exact rule by a full sort of the tail (fallback, and the reference for the fast path).
+fn choose_band_sorted(scratch: &mut Scratch, options: &MineOptions) -> Option<(usize, usize)> {
+    let keys = &mut scratch.keys;
+    keys.sort_unstable();
+    let drops = &mut scratch.candidates;
+    drops.clear();
+    drops.extend(
+        keys.windows(2)
+            .enumerate()
+            .map(|(j, w)| drop_key(key_score(w[1]) - key_score(w[0]), j as u32)),
+    );
+    let (a, b) = choose_pair(drops, options)?;
+    scratch.band.clear();
+    scratch.band.extend_from_slice(&keys[a + 1..=b]);
+    Some((a, b))
+}
+
+/// The bucketed fast path; `None` when it cannot certify the answer (the caller then sorts).
+fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<(usize, usize)> {
+    let keys = &scratch.keys;
+    let len = keys.len();
+    let (mut kmin, mut kmax) = (u64::MAX, 0u64);
+    for &k in keys.iter() {
+        kmin = kmin.min(k);
+        kmax = kmax.max(k);
+    }
+    let (hi, lo) = (key_score(kmin), key_score(kmax));
+    if hi <= lo {
+        return None; // all scores equal: every drop is 0
+    }
+    let buckets = len.div_ceil(ITEMS_PER_BUCKET);
+    let scale = buckets as f64 / (f64::from(hi) - f64::from(lo));
+    if !scale.is_finite() || scale <= 0.0 {
+        return None;
+    }
+    let last = buckets - 1;
+    // Monotone in the score: a higher score never lands in a later bucket.
+    let bucket_of = |v: f32| (((f64::from(hi) - f64::from(v)) * scale) as usize).min(last);
+
+    let count = &mut scratch.count;
+    let bmin = &mut scratch.bucket_min;
+    let bmax = &mut scratch.bucket_max;
+    count.clear();
+    count.resize(buckets, 0);
+    bmin.clear();
+    bmin.resize(buckets, f32::INFINITY);
+    bmax.clear();
+    bmax.resize(buckets, f32::NEG_INFINITY);
+    for &k in keys.iter() {
+        let v = key_score(k);
+        let b = bucket_of(v);
+        count[b] += 1;
+        bmin[b] = bmin[b].min(v);
+        bmax[b] = bmax[b].max(v);
+    }
+    // No drop inside a bucket is steeper than the widest bucket's spread (f32 rounding is
+    // monotone, so this holds for the f32 drops too).
+    let mut widest = 0.0f32;
+    for b in 0..buckets {
+        if count[b] > 0 {
+            widest = widest.min(bmin[b] - bmax[b]);
+        }
+    }
+    // Drops between consecutive non-empty buckets that are steeper than that are certified to be
+    // the steepest drops of the whole tail, in the same order. `count` becomes cumulative.
+    let candidates = &mut scratch.candidates;
+    candidates.clear();
+    let mut cumulative = 0u32;
+    let mut previous: Option<usize> = None;
+    for b in 0..buckets {
+        let c = count[b];
+        if c > 0 {
+            if let Some(pb) = previous {
+                let drop = bmax[b] - bmin[pb];
+                if drop < widest {
+                    candidates.push(drop_key(drop, cumulative - 1));
+                }
+            }
+            previous = Some(b);
+        }
+        cumulative += c;
+        count[b] = cumulative;
+    }
+    if candidates.len() < 2 {
+        return None;
+    }
+    let (a, b) = choose_pair(candidates, options)?;
+    // Both drops lie on bucket boundaries, so the band is exactly a run of whole buckets.
+    let first_bucket = count.partition_point(|&c| c as usize <= a + 1);
+    let last_bucket = count.partition_point(|&c| c as usize <= b);
+    // Equal scores share a bucket, so the band is also exactly a score range.
+    let top = u64::from(!f32_to_ordered(bmax[first_bucket])) << 32;
+    let bottom = (u64::from(!f32_to_ordered(bmin[last_bucket])) << 32) | u64::from(u32::MAX);
+    let size = b - a;
+    let band = &mut scratch.band;
+    band.clear();
+    band.resize(size, 0);
+    let mut n = 0;
+    for &k in keys.iter() {
+        band[n] = k;
+        n += usize::from(k >= top && k <= bottom);
+        if n == size {
+            break;
+        }
+    }
+    debug_assert_eq!(n, size);
+    if size <= SMALL_BAND {
+        band.sort_unstable();
+    } else {
+        bucket_sort(band, &mut scratch.candidates, &mut scratch.cursor);
+    }
+    Some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Straight from the rule: full argsort, explicit drops, explicit scan.
+    fn reference(
+        row: &[f32],
+        target: usize,
+        options: &MineOptions,
+    ) -> (usize, Option<(usize, usize)>, Vec<i64>) {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&x, &y| row[y].partial_cmp(&row[x]).unwrap().then(x.cmp(&y)));
+        let p = order.iter().position(|&i| i == target).unwrap();
+        let mut tail: Vec<usize> = order[p + 1..].to_vec();
+        if let Some(m) = options.max_rank {
+            tail.truncate(m);
+        }
+        if tail.len() < 3 {
+            return (p, None, vec![]);
+        }
+        let drops: Vec<f32> = tail.windows(2).map(|w| row[w[1]] - row[w[0]]).collect();
+        let mut o: Vec<usize> = (0..drops.len()).collect();
+        o.sort_by(|&x, &y| drops[x].partial_cmp(&drops[y]).unwrap().then(x.cmp(&y)));
+        let t = options.consecutive_threshold;
+        let pair = match options.pairing {
+            Pairing::Consecutive => o
+                .windows(2)
+                .map(|w| (w[0].min(w[1]), w[0].max(w[1])))
+                .find(|(a, b)| b - a > t),
+            Pairing::Anchored => o[1..]
+                .iter()
+                .find(|&&y| y.abs_diff(o[0]) > t)
+                .map(|&y| (o[0].min(y), o[0].max(y))),
+        };
+        match pair {
+            Some((a, b)) => (
+                p,
+                Some((a, b)),
+                tail[a + 1..=b].iter().map(|&i| i as i64).collect(),
+            ),
+            None => (p, None, vec![]),
+        }
+    }
+
+    fn check(row: &[f32], target: usize, options: MineOptions) {
+        let targets = [target as i64];
+        let got = mine_negatives(row, row.len(), &targets, options, Exclusions::default()).unwrap();
+        let (p, drops, band) = reference(row, target, &options);
+        assert_eq!(got.target_rank[0] as usize, p, "rank {row:?} t={target}");
+        let want_drops = drops.map_or([-1, -1], |(a, b)| [a as i64, b as i64]);
+        assert_eq!(
+            got.drops[0], want_drops,
+            "drops {row:?} t={target} {options:?}"
+        );
+        assert_eq!(
+            got.band(0),
+            &band[..],
+            "band {row:?} t={target} {options:?}"
+        );
+    }
+
+    fn all_options() -> Vec<MineOptions> {
+        let mut out = vec![];
+        for pairing in [Pairing::Consecutive, Pairing::Anchored] {
+            for consecutive_threshold in [0, 1, 3] {
+                for max_rank in [None, Some(1), Some(4), Some(50)] {
+                    out.push(MineOptions {
+                        consecutive_threshold,
+                        pairing,
+                        max_rank,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_reference_on_random_rows() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for case in 0..600 {
+            let n = rng.random_range(1..200);
+            let quantised = case % 3 == 0;
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    let v: f32 = rng.random_range(-1.0..1.0);
+                    if quantised {
+                        (v * 4.0).round() / 4.0
+                    } else {
+                        v * v * v
+                    }
+                })
+                .collect();
+            let target = rng.random_range(0..n);
+            for options in all_options() {
+                check(&row, target, options);
+            }
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_large_rows_with_wide_bands() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for case in 0..40 {
+            let n = rng.random_range(500..5000);
+            // Gaussian-like scores have their steepest drops at both ends: wide bands.
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    let s: f32 = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum();
+                    if case % 4 == 0 {
+                        (s * 8.0).round() / 8.0
+                    } else {
+                        s
+                    }
+                })
+                .collect();
+            let target = rng.random_range(0..n);
+            for pairing in [Pairing::Consecutive, Pairing::Anchored] {
+                for max_rank in [None, Some(300)] {
+                    check(
+                        &row,
+                        target,
+                        MineOptions {
+                            consecutive_threshold: 1,
+                            pairing,
+                            max_rank,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_adversarial_rows() {
+        let rows: Vec<Vec<f32>> = vec![
+            vec![1.0; 10],
+            vec![0.0, -0.0, 0.0, -0.0, 1.0, -1.0],
+            vec![3e38, -3e38, 0.0, 1.0, 2.0, 1e-30, -1e-30],
+            vec![5.0, 4.0, 3.0, 2.0, 1.0],
+            vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0],
+            (0..100).map(|i| (i as f32).sqrt()).collect(),
+            (0..100)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        1.0
+                    } else {
+                        1.0 + 1e-7 * i as f32
+                    }
+                })
+                .collect(),
+        ];
+        for row in rows {
+            for target in 0..row.len() {
+                for options in all_options() {
+                    check(&row, target, options);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_band_when_no_pair_qualifies() {
+        // Tail [0.9, 0.8, 0.7]: drops at 0 and 1 are adjacent, nothing is more than 1 apart.
+        let row = [1.0, 0.9, 0.8, 0.7];
+        let got =
+            mine_negatives(&row, 4, &[0], MineOptions::default(), Exclusions::default()).unwrap();
+        assert_eq!(got.drops[0], [-1, -1]);
+        assert!(got.band(0).is_empty());
+        assert_eq!(got.target_rank[0], 0);
+    }
+
+    #[test]
+    fn exclusions_remove_positives_and_duplicates() {
+        // Tail after target 0: 1..=6 with a steep drop after 1 and after 5.
+        let row = [1.0, 0.9, 0.5, 0.49, 0.48, 0.47, 0.1, 0.09];
+        let targets = [0];
+        let plain = mine_negatives(
+            &row,
+            8,
+            &targets,
+            MineOptions::default(),
+            Exclusions::default(),
+        )
+        .unwrap();
+        assert_eq!(plain.band(0), &[2, 3, 4, 5]);
+        let indptr = [0, 1];
+        let indices = [3];
+        let ids = [10, 11, 12, 13, 10, 12, 16, 17];
+        let excl = Exclusions {
+            positives: Some(CsrRef {
+                indptr: &indptr,
+                indices: &indices,
+            }),
+            gallery_ids: Some(&ids),
+        };
+        let got = mine_negatives(&row, 8, &targets, MineOptions::default(), excl).unwrap();
+        // 3 is a positive, 4 shares the target's id, 5 repeats 2's id.
+        assert_eq!(got.band(0), &[2]);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let row = [1.0, f32::NAN, 0.5];
+        let err = mine_negatives(&row, 3, &[0], MineOptions::default(), Exclusions::default())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            QureError::NonFinite {
+                what: "scores",
+                row: 0,
+                col: 1
+            }
+        );
+        assert!(mine_negatives(
+            &[1.0, 2.0],
+            2,
+            &[2],
+            MineOptions::default(),
+            Exclusions::default()
+        )
+        .is_err());
+        assert!(
+            mine_negatives(&[], 0, &[], MineOptions::default(), Exclusions::default()).is_err()
+        );
+        let opts = MineOptions {
+            max_rank: Some(0),
+            ..MineOptions::default()
+        };
+        assert!(mine_negatives(&[1.0, 2.0], 2, &[0], opts, Exclusions::default()).is_err());
+        let ids = [1];
+        let excl = Exclusions {
+            gallery_ids: Some(&ids),
+            ..Exclusions::default()
+        };
+        assert!(mine_negatives(&[1.0, 2.0], 2, &[0], MineOptions::default(), excl).is_err());
+    }
+
+    #[test]
+    fn same_result_for_any_thread_count() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (q, n) = (64, 500);
+        let scores: Vec<f32> = (0..q * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let targets: Vec<i64> = (0..q).map(|_| rng.random_range(0..n as i64)).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let miner =
+                    Miner::new(n, &targets, MineOptions::default(), Exclusions::default()).unwrap();
+                let mut out = HardNegatives::with_capacity(q);
+                miner.mine_block(0, &scores[..n * 10], &mut out).unwrap();
+                miner.mine_block(10, &scores[n * 10..], &mut out).unwrap();
+                out
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(5));
+    }
+}
