@@ -62,5 +62,5 @@ def pytest_terminal_summary(terminalreporter):
                 if unit.startswith("GFLOP"):
                     ratio = f"  qure is {base[0] / value:.2f}x"
                 else:
-                    ratio = f"  qure is {value / base[0]:.1f}x faster"
+                    ratio = f"  ({value / base[0]:.1f}x qure)"
             tr.write_line(f"  {name:<28} {value:12.4f} {unit}{ratio}")

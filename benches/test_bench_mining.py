@@ -29,6 +29,20 @@ def problem():
     return scores, targets
 
 
+@pytest.fixture(scope="module")
+def wide_band_problem(problem):
+    """Queries planted next to their targets: the target ranks first and the two steepest drops
+    sit at both ends of the bulk, so bands hold most of the gallery (the costly case)."""
+    rng = np.random.default_rng(1)
+    scores, _ = problem
+    gallery = rng.standard_normal((N, D), dtype=np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    targets = rng.integers(0, N, Q)
+    queries = gallery[targets] + 0.08 * rng.standard_normal((Q, D), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return queries @ gallery.T, targets
+
+
 def released_loop(scores: np.ndarray, targets: np.ndarray, threshold: int = 1) -> list:
     """The released QuRe training code's mining, per query: full argsort, diff, argsort, scan."""
     torch = pytest.importorskip("torch")
@@ -70,6 +84,13 @@ def test_mine_qure(benchmark, problem):
     record("mining", "qure", per_unit(benchmark, Q) * 1e3, "ms/query")
 
 
+def test_mine_qure_wide_bands(benchmark, wide_band_problem):
+    scores, targets = wide_band_problem
+    result = benchmark.pedantic(qure.mine_negatives, args=(scores, targets), rounds=3)
+    benchmark.extra_info["band_size_mean"] = float(result.sizes.mean())
+    record("mining", "qure, wide bands", per_unit(benchmark, Q) * 1e3, "ms/query")
+
+
 def test_mine_torch_vectorised(benchmark, problem):
     torch = pytest.importorskip("torch")
     scores, _ = problem
@@ -81,7 +102,9 @@ def test_mine_torch_vectorised(benchmark, problem):
 def test_mine_released_loop(benchmark, problem):
     scores, targets = problem
     sub_scores, sub_targets = scores[:LOOP_QUERIES], targets[:LOOP_QUERIES]
-    bands = benchmark.pedantic(released_loop, args=(sub_scores, sub_targets), rounds=3, iterations=1)
+    bands = benchmark.pedantic(
+        released_loop, args=(sub_scores, sub_targets), rounds=3, iterations=1
+    )
     record("mining", "released per-query loop", per_unit(benchmark, LOOP_QUERIES) * 1e3, "ms/query")
     # Same bands as qure's consecutive rule on this tie-free data.
     mined = qure.mine_negatives(sub_scores, sub_targets)

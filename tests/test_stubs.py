@@ -29,9 +29,7 @@ def test_stub_and_py_typed_ship_with_the_package():
 def test_stub_matches_native_functions():
     stub = _stub_functions()
     native = {
-        name: obj
-        for name, obj in vars(_core).items()
-        if callable(obj) and not name.startswith("_")
+        name: obj for name, obj in vars(_core).items() if callable(obj) and not name.startswith("_")
     }
     assert set(stub) == set(native)
     for name, params in stub.items():

@@ -74,8 +74,10 @@ def _print_summary(source: str, negatives: HardNegatives, elapsed: float) -> Non
         print(f"band size: min {sizes.min()}, max {sizes.max()}, std {sizes.std():.1f}")
         first = negatives[0][:10].tolist()
         more = " ..." if sizes[0] > 10 else ""
-        print(f"query 0: target rank {ranks[0]}, drops {negatives.drops[0].tolist()}, "
-              f"band {first}{more}")
+        print(
+            f"query 0: target rank {ranks[0]}, drops {negatives.drops[0].tolist()}, "
+            f"band {first}{more}"
+        )
     print(f"time:   {elapsed * 1e3:.1f} ms ({elapsed / max(n, 1) * 1e6:.1f} us per query)")
 
 
