@@ -11,6 +11,7 @@ import warnings
 
 from . import _core
 from .mining import HardNegatives, mine_negatives
+from .retrieval import mine_from_features, score, simd_kernel, target_rank, topk
 
 __version__: str = _core.__version__
 
@@ -18,8 +19,13 @@ __all__ = [
     "HardNegatives",
     "__version__",
     "get_num_threads",
+    "mine_from_features",
     "mine_negatives",
+    "score",
     "set_num_threads",
+    "simd_kernel",
+    "target_rank",
+    "topk",
 ]
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__: list[str]
 
 def mine_negatives(
     scores: npt.NDArray[np.float32],
@@ -22,3 +23,36 @@ def mine_negatives(
 ]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def mine_from_features(
+    queries: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32],
+    target_idx: npt.NDArray[np.int64],
+    consecutive_threshold: int,
+    pairing: str,
+    max_rank: int | None = None,
+    positives_indptr: npt.NDArray[np.int64] | None = None,
+    positives_indices: npt.NDArray[np.int64] | None = None,
+    gallery_ids: npt.NDArray[np.int64] | None = None,
+    block_size: int | None = None,
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]: ...
+def score(
+    queries: npt.NDArray[np.float32], gallery: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]: ...
+def topk(
+    queries: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32],
+    k: int,
+    exclude_indptr: npt.NDArray[np.int64] | None = None,
+    exclude_indices: npt.NDArray[np.int64] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def target_rank(
+    queries: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32],
+    target_idx: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]: ...
+def simd_kernel() -> str: ...

@@ -28,10 +28,9 @@ impl fmt::Display for QureError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QureError::InvalidArgument(message) => f.write_str(message),
-            QureError::NonFinite { what, row, col } => write!(
-                f,
-                "{what} row {row} holds a non-finite value (NaN or inf) at column {col}"
-            ),
+            QureError::NonFinite { what, row, col } => {
+                write!(f, "{what} row {row} holds a non-finite value (NaN or inf) at column {col}")
+            }
         }
     }
 }

@@ -18,11 +18,7 @@ pub fn f32_to_ordered(v: f32) -> u32 {
 /// Inverse of [`f32_to_ordered`].
 #[inline(always)]
 pub fn ordered_to_f32(u: u32) -> f32 {
-    let bits = if u & 0x8000_0000 != 0 {
-        u & 0x7fff_ffff
-    } else {
-        !u
-    };
+    let bits = if u & 0x8000_0000 != 0 { u & 0x7fff_ffff } else { !u };
     f32::from_bits(bits)
 }
 
@@ -97,12 +93,7 @@ mod tests {
 
     #[test]
     fn drop_keys_sort_steepest_first_then_position() {
-        let mut keys = [
-            drop_key(-0.1, 4),
-            drop_key(-0.5, 9),
-            drop_key(-0.1, 2),
-            drop_key(0.0, 0),
-        ];
+        let mut keys = [drop_key(-0.1, 4), drop_key(-0.5, 9), drop_key(-0.1, 2), drop_key(0.0, 0)];
         keys.sort_unstable();
         let order: Vec<u32> = keys.iter().map(|&k| key_index(k)).collect();
         assert_eq!(order, vec![9, 2, 4, 0]);

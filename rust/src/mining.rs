@@ -50,11 +50,7 @@ pub struct MineOptions {
 
 impl Default for MineOptions {
     fn default() -> Self {
-        MineOptions {
-            consecutive_threshold: 1,
-            pairing: Pairing::Consecutive,
-            max_rank: None,
-        }
+        MineOptions { consecutive_threshold: 1, pairing: Pairing::Consecutive, max_rank: None }
     }
 }
 
@@ -142,8 +138,7 @@ impl HardNegatives {
         for part in parts {
             let offset = self.indices.len() as i64;
             self.indices.extend_from_slice(&part.indices);
-            self.indptr
-                .extend(part.indptr[1..].iter().map(|&p| p + offset));
+            self.indptr.extend(part.indptr[1..].iter().map(|&p| p + offset));
             self.target_rank.extend_from_slice(&part.target_rank);
             self.drops.extend_from_slice(&part.drops);
         }
@@ -168,9 +163,7 @@ impl<'a> Miner<'a> {
         exclusions: Exclusions<'a>,
     ) -> Result<Self> {
         if n_gallery == 0 {
-            return Err(QureError::invalid(
-                "the gallery is empty (scores have 0 columns)",
-            ));
+            return Err(QureError::invalid("the gallery is empty (scores have 0 columns)"));
         }
         if n_gallery > u32::MAX as usize {
             return Err(QureError::invalid(format!(
@@ -178,10 +171,8 @@ impl<'a> Miner<'a> {
                 u32::MAX
             )));
         }
-        if let Some((i, &t)) = targets
-            .iter()
-            .enumerate()
-            .find(|&(_, &t)| t < 0 || t as u64 >= n_gallery as u64)
+        if let Some((i, &t)) =
+            targets.iter().enumerate().find(|&(_, &t)| t < 0 || t as u64 >= n_gallery as u64)
         {
             return Err(QureError::invalid(format!(
                 "target_idx[{i}] = {t} is out of range for a gallery of {n_gallery} items"
@@ -202,12 +193,7 @@ impl<'a> Miner<'a> {
                 )));
             }
         }
-        Ok(Miner {
-            n_gallery,
-            targets,
-            options,
-            exclusions,
-        })
+        Ok(Miner { n_gallery, targets, options, exclusions })
     }
 
     /// Number of queries.
@@ -225,10 +211,8 @@ impl<'a> Miner<'a> {
         out: &mut HardNegatives,
     ) -> Result<()> {
         let n = self.n_gallery;
-        if block.len() % n != 0 {
-            return Err(QureError::invalid(
-                "score block is not a whole number of rows",
-            ));
+        if !block.len().is_multiple_of(n) {
+            return Err(QureError::invalid("score block is not a whole number of rows"));
         }
         let rows = block.len() / n;
         if first_query != out.len() || first_query + rows > self.n_queries() {
@@ -272,11 +256,7 @@ impl<'a> Miner<'a> {
 
     /// Appends the band's gallery indices, minus positives and duplicate ids, to `out`.
     fn exclude_into(&self, query: usize, target: usize, band: &[u64], out: &mut Vec<i64>) {
-        let positives = self
-            .exclusions
-            .positives
-            .map(|p| p.row(query))
-            .unwrap_or(&[]);
+        let positives = self.exclusions.positives.map(|p| p.row(query)).unwrap_or(&[]);
         match self.exclusions.gallery_ids {
             None if positives.is_empty() => {
                 out.extend(band.iter().map(|&k| i64::from(key_index(k))));
@@ -306,7 +286,12 @@ impl<'a> Miner<'a> {
     }
 }
 
-fn validate_csr(csr: CsrRef<'_>, rows: usize, n_gallery: usize, name: &str) -> Result<()> {
+pub(crate) fn validate_csr(
+    csr: CsrRef<'_>,
+    rows: usize,
+    n_gallery: usize,
+    name: &str,
+) -> Result<()> {
     if csr.indptr.len() != rows + 1 {
         return Err(QureError::invalid(format!(
             "{name} has {} rows but there are {rows} queries",
@@ -315,15 +300,10 @@ fn validate_csr(csr: CsrRef<'_>, rows: usize, n_gallery: usize, name: &str) -> R
     }
     let nnz = csr.indices.len() as i64;
     if csr.indptr[0] != 0 || csr.indptr[rows] != nnz || csr.indptr.windows(2).any(|w| w[0] > w[1]) {
-        return Err(QureError::invalid(format!(
-            "{name} has inconsistent row offsets"
-        )));
+        return Err(QureError::invalid(format!("{name} has inconsistent row offsets")));
     }
-    if let Some((k, &g)) = csr
-        .indices
-        .iter()
-        .enumerate()
-        .find(|&(_, &g)| g < 0 || g as u64 >= n_gallery as u64)
+    if let Some((k, &g)) =
+        csr.indices.iter().enumerate().find(|&(_, &g)| g < 0 || g as u64 >= n_gallery as u64)
     {
         let row = csr.indptr.partition_point(|&p| p <= k as i64) - 1;
         return Err(QureError::invalid(format!(
@@ -664,21 +644,15 @@ mod tests {
         o.sort_by(|&x, &y| drops[x].partial_cmp(&drops[y]).unwrap().then(x.cmp(&y)));
         let t = options.consecutive_threshold;
         let pair = match options.pairing {
-            Pairing::Consecutive => o
-                .windows(2)
-                .map(|w| (w[0].min(w[1]), w[0].max(w[1])))
-                .find(|(a, b)| b - a > t),
-            Pairing::Anchored => o[1..]
-                .iter()
-                .find(|&&y| y.abs_diff(o[0]) > t)
-                .map(|&y| (o[0].min(y), o[0].max(y))),
+            Pairing::Consecutive => {
+                o.windows(2).map(|w| (w[0].min(w[1]), w[0].max(w[1]))).find(|(a, b)| b - a > t)
+            }
+            Pairing::Anchored => {
+                o[1..].iter().find(|&&y| y.abs_diff(o[0]) > t).map(|&y| (o[0].min(y), o[0].max(y)))
+            }
         };
         match pair {
-            Some((a, b)) => (
-                p,
-                Some((a, b)),
-                tail[a + 1..=b].iter().map(|&i| i as i64).collect(),
-            ),
+            Some((a, b)) => (p, Some((a, b)), tail[a + 1..=b].iter().map(|&i| i as i64).collect()),
             None => (p, None, vec![]),
         }
     }
@@ -689,15 +663,8 @@ mod tests {
         let (p, drops, band) = reference(row, target, &options);
         assert_eq!(got.target_rank[0] as usize, p, "rank {row:?} t={target}");
         let want_drops = drops.map_or([-1, -1], |(a, b)| [a as i64, b as i64]);
-        assert_eq!(
-            got.drops[0], want_drops,
-            "drops {row:?} t={target} {options:?}"
-        );
-        assert_eq!(
-            got.band(0),
-            &band[..],
-            "band {row:?} t={target} {options:?}"
-        );
+        assert_eq!(got.drops[0], want_drops, "drops {row:?} t={target} {options:?}");
+        assert_eq!(got.band(0), &band[..], "band {row:?} t={target} {options:?}");
     }
 
     fn all_options() -> Vec<MineOptions> {
@@ -705,11 +672,7 @@ mod tests {
         for pairing in [Pairing::Consecutive, Pairing::Anchored] {
             for consecutive_threshold in [0, 1, 3] {
                 for max_rank in [None, Some(1), Some(4), Some(50)] {
-                    out.push(MineOptions {
-                        consecutive_threshold,
-                        pairing,
-                        max_rank,
-                    });
+                    out.push(MineOptions { consecutive_threshold, pairing, max_rank });
                 }
             }
         }
@@ -761,11 +724,7 @@ mod tests {
                     check(
                         &row,
                         target,
-                        MineOptions {
-                            consecutive_threshold: 1,
-                            pairing,
-                            max_rank,
-                        },
+                        MineOptions { consecutive_threshold: 1, pairing, max_rank },
                     );
                 }
             }
@@ -781,15 +740,7 @@ mod tests {
             vec![5.0, 4.0, 3.0, 2.0, 1.0],
             vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0],
             (0..100).map(|i| (i as f32).sqrt()).collect(),
-            (0..100)
-                .map(|i| {
-                    if i % 2 == 0 {
-                        1.0
-                    } else {
-                        1.0 + 1e-7 * i as f32
-                    }
-                })
-                .collect(),
+            (0..100).map(|i| if i % 2 == 0 { 1.0 } else { 1.0 + 1e-7 * i as f32 }).collect(),
         ];
         for row in rows {
             for target in 0..row.len() {
@@ -816,23 +767,15 @@ mod tests {
         // Tail after target 0: 1..=6 with a steep drop after 1 and after 5.
         let row = [1.0, 0.9, 0.5, 0.49, 0.48, 0.47, 0.1, 0.09];
         let targets = [0];
-        let plain = mine_negatives(
-            &row,
-            8,
-            &targets,
-            MineOptions::default(),
-            Exclusions::default(),
-        )
-        .unwrap();
+        let plain =
+            mine_negatives(&row, 8, &targets, MineOptions::default(), Exclusions::default())
+                .unwrap();
         assert_eq!(plain.band(0), &[2, 3, 4, 5]);
         let indptr = [0, 1];
         let indices = [3];
         let ids = [10, 11, 12, 13, 10, 12, 16, 17];
         let excl = Exclusions {
-            positives: Some(CsrRef {
-                indptr: &indptr,
-                indices: &indices,
-            }),
+            positives: Some(CsrRef { indptr: &indptr, indices: &indices }),
             gallery_ids: Some(&ids),
         };
         let got = mine_negatives(&row, 8, &targets, MineOptions::default(), excl).unwrap();
@@ -845,14 +788,7 @@ mod tests {
         let row = [1.0, f32::NAN, 0.5];
         let err = mine_negatives(&row, 3, &[0], MineOptions::default(), Exclusions::default())
             .unwrap_err();
-        assert_eq!(
-            err,
-            QureError::NonFinite {
-                what: "scores",
-                row: 0,
-                col: 1
-            }
-        );
+        assert_eq!(err, QureError::NonFinite { what: "scores", row: 0, col: 1 });
         assert!(mine_negatives(
             &[1.0, 2.0],
             2,
@@ -861,19 +797,11 @@ mod tests {
             Exclusions::default()
         )
         .is_err());
-        assert!(
-            mine_negatives(&[], 0, &[], MineOptions::default(), Exclusions::default()).is_err()
-        );
-        let opts = MineOptions {
-            max_rank: Some(0),
-            ..MineOptions::default()
-        };
+        assert!(mine_negatives(&[], 0, &[], MineOptions::default(), Exclusions::default()).is_err());
+        let opts = MineOptions { max_rank: Some(0), ..MineOptions::default() };
         assert!(mine_negatives(&[1.0, 2.0], 2, &[0], opts, Exclusions::default()).is_err());
         let ids = [1];
-        let excl = Exclusions {
-            gallery_ids: Some(&ids),
-            ..Exclusions::default()
-        };
+        let excl = Exclusions { gallery_ids: Some(&ids), ..Exclusions::default() };
         assert!(mine_negatives(&[1.0, 2.0], 2, &[0], MineOptions::default(), excl).is_err());
     }
 
@@ -884,10 +812,7 @@ mod tests {
         let scores: Vec<f32> = (0..q * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let targets: Vec<i64> = (0..q).map(|_| rng.random_range(0..n as i64)).collect();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let miner =
                     Miner::new(n, &targets, MineOptions::default(), Exclusions::default()).unwrap();

@@ -3,13 +3,15 @@
 
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyUntypedArrayMethods,
+    PyReadonlyArray3, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::error::QureError;
-use crate::mining::{self, CsrRef, Exclusions, MineOptions, Pairing};
+use crate::kernel::Simd;
+use crate::mining::{self, CsrRef, Exclusions, HardNegatives, MineOptions, Pairing};
+use crate::score::{self as core_score, Gallery, Queries};
 use crate::threads;
 
 fn to_py(err: QureError) -> PyErr {
@@ -20,9 +22,7 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     array: &'a numpy::PyReadonlyArray<'_, T, D>,
     name: &str,
 ) -> PyResult<&'a [T]> {
-    array
-        .as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
+    array.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
 }
 
 type MinedArrays<'py> = (
@@ -31,6 +31,8 @@ type MinedArrays<'py> = (
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray2<i64>>,
 );
+
+type TopK<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
 /// Mines two-steep-drop bands; see `qure.mine_negatives` for the rule and arguments.
 #[pyfunction]
@@ -47,15 +49,7 @@ fn mine_negatives<'py>(
     positives_indices: Option<PyReadonlyArray1<'py, i64>>,
     gallery_ids: Option<PyReadonlyArray1<'py, i64>>,
 ) -> PyResult<MinedArrays<'py>> {
-    let pairing = match pairing {
-        "consecutive" => Pairing::Consecutive,
-        "anchored" => Pairing::Anchored,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "pairing must be 'consecutive' or 'anchored', not {other:?}"
-            )))
-        }
-    };
+    let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
     let [n_queries, n_gallery] = [scores.shape()[0], scores.shape()[1]];
     let scores_slice = contiguous(&scores, "scores")?;
     let targets = contiguous(&target_idx, "target_idx")?;
@@ -65,34 +59,28 @@ fn mine_negatives<'py>(
             targets.len()
         )));
     }
-    let positives = match (&positives_indptr, &positives_indices) {
-        (Some(p), Some(i)) => Some(CsrRef {
-            indptr: contiguous(p, "positives")?,
-            indices: contiguous(i, "positives")?,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(PyValueError::new_err(
-                "positives needs both indptr and indices",
-            ))
-        }
-    };
-    let ids = match &gallery_ids {
-        Some(ids) => Some(contiguous(ids, "gallery_ids")?),
-        None => None,
-    };
-    let options = MineOptions {
-        consecutive_threshold,
-        pairing,
-        max_rank,
-    };
     let exclusions = Exclusions {
-        positives,
-        gallery_ids: ids,
+        positives: optional_csr(&positives_indptr, &positives_indices, "positives")?,
+        gallery_ids: optional_slice(&gallery_ids, "gallery_ids")?,
     };
     let mined = py
         .detach(|| mining::mine_negatives(scores_slice, n_gallery, targets, options, exclusions))
         .map_err(to_py)?;
+    mined_to_py(py, mined)
+}
+
+fn parse_pairing(pairing: &str) -> PyResult<Pairing> {
+    match pairing {
+        "consecutive" => Ok(Pairing::Consecutive),
+        "anchored" => Ok(Pairing::Anchored),
+        other => Err(PyValueError::new_err(format!(
+            "pairing must be 'consecutive' or 'anchored', not {other:?}"
+        ))),
+    }
+}
+
+fn mined_to_py(py: Python<'_>, mined: HardNegatives) -> PyResult<MinedArrays<'_>> {
+    let n_queries = mined.target_rank.len();
     let drops: Vec<i64> = mined.drops.iter().flatten().copied().collect();
     let drops = drops.into_pyarray(py).reshape([n_queries, 2])?;
     Ok((
@@ -101,6 +89,130 @@ fn mine_negatives<'py>(
         mined.target_rank.into_pyarray(py),
         drops,
     ))
+}
+
+fn optional_slice<'a>(
+    array: &'a Option<PyReadonlyArray1<'_, i64>>,
+    name: &str,
+) -> PyResult<Option<&'a [i64]>> {
+    array.as_ref().map(|a| contiguous(a, name)).transpose()
+}
+
+fn optional_csr<'a>(
+    indptr: &'a Option<PyReadonlyArray1<'_, i64>>,
+    indices: &'a Option<PyReadonlyArray1<'_, i64>>,
+    name: &str,
+) -> PyResult<Option<CsrRef<'a>>> {
+    match (indptr, indices) {
+        (Some(p), Some(i)) => {
+            Ok(Some(CsrRef { indptr: contiguous(p, name)?, indices: contiguous(i, name)? }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(PyValueError::new_err(format!("{name} needs both indptr and indices"))),
+    }
+}
+
+fn features<'a>(
+    queries: &'a PyReadonlyArray2<'_, f32>,
+    gallery: &'a PyReadonlyArray3<'_, f32>,
+) -> PyResult<(Queries<'a>, Gallery<'a>)> {
+    let (qs, gs) = (queries.shape(), gallery.shape());
+    let q = Queries { data: contiguous(queries, "queries")?, rows: qs[0], dim: qs[1] };
+    let g =
+        Gallery { data: contiguous(gallery, "gallery")?, items: gs[0], tokens: gs[1], dim: gs[2] };
+    Ok((q, g))
+}
+
+/// `(Q, N)` scores: max over each image's tokens of the dot product with the query.
+#[pyfunction]
+fn score<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    gallery: PyReadonlyArray3<'py, f32>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (q, g) = features(&queries, &gallery)?;
+    let scores = py.detach(|| core_score::score(q, g)).map_err(to_py)?;
+    scores.into_pyarray(py).reshape([q.rows, g.items])
+}
+
+/// Exact top-k `(values, indices)`, streaming over gallery blocks.
+#[pyfunction]
+#[pyo3(signature = (queries, gallery, k, exclude_indptr=None, exclude_indices=None))]
+fn topk<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    gallery: PyReadonlyArray3<'py, f32>,
+    k: usize,
+    exclude_indptr: Option<PyReadonlyArray1<'py, i64>>,
+    exclude_indices: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<TopK<'py>> {
+    let (q, g) = features(&queries, &gallery)?;
+    let exclude = optional_csr(&exclude_indptr, &exclude_indices, "exclude")?;
+    let (values, indices) = py.detach(|| core_score::topk(q, g, k, exclude)).map_err(to_py)?;
+    Ok((
+        values.into_pyarray(py).reshape([q.rows, k])?,
+        indices.into_pyarray(py).reshape([q.rows, k])?,
+    ))
+}
+
+/// Each target's 0-based rank without sorting.
+#[pyfunction]
+fn target_rank<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    gallery: PyReadonlyArray3<'py, f32>,
+    target_idx: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (q, g) = features(&queries, &gallery)?;
+    let targets = contiguous(&target_idx, "target_idx")?;
+    let ranks = py.detach(|| core_score::target_rank(q, g, targets)).map_err(to_py)?;
+    Ok(ranks.into_pyarray(py))
+}
+
+/// Scores query blocks and mines them as it goes.
+#[pyfunction]
+#[pyo3(signature = (queries, gallery, target_idx, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None))]
+#[allow(clippy::too_many_arguments)]
+fn mine_from_features<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    gallery: PyReadonlyArray3<'py, f32>,
+    target_idx: PyReadonlyArray1<'py, i64>,
+    consecutive_threshold: usize,
+    pairing: &str,
+    max_rank: Option<usize>,
+    positives_indptr: Option<PyReadonlyArray1<'py, i64>>,
+    positives_indices: Option<PyReadonlyArray1<'py, i64>>,
+    gallery_ids: Option<PyReadonlyArray1<'py, i64>>,
+    block_size: Option<usize>,
+) -> PyResult<MinedArrays<'py>> {
+    let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
+    let (q, g) = features(&queries, &gallery)?;
+    let targets = contiguous(&target_idx, "target_idx")?;
+    let exclusions = Exclusions {
+        positives: optional_csr(&positives_indptr, &positives_indices, "positives")?,
+        gallery_ids: optional_slice(&gallery_ids, "gallery_ids")?,
+    };
+    let mined = py
+        .detach(|| {
+            core_score::mine_from_features(
+                q,
+                g,
+                targets,
+                options,
+                exclusions,
+                block_size,
+                |_, _| {},
+            )
+        })
+        .map_err(to_py)?;
+    mined_to_py(py, mined)
+}
+
+/// The SIMD kernel scoring uses: "avx512", "avx2" or "portable".
+#[pyfunction]
+fn simd_kernel() -> &'static str {
+    Simd::current().name()
 }
 
 /// Sets the number of threads qure's parallel calls use (`n >= 1`).
@@ -118,6 +230,11 @@ fn get_num_threads(py: Python<'_>) -> usize {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mine_negatives, m)?)?;
+    m.add_function(wrap_pyfunction!(mine_from_features, m)?)?;
+    m.add_function(wrap_pyfunction!(score, m)?)?;
+    m.add_function(wrap_pyfunction!(topk, m)?)?;
+    m.add_function(wrap_pyfunction!(target_rank, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

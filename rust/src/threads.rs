@@ -37,9 +37,7 @@ fn build(n: usize) -> Result<Arc<ThreadPool>> {
 /// Sets the number of threads for later calls (`n >= 1`).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 {
-        return Err(QureError::invalid(
-            "the number of threads must be at least 1",
-        ));
+        return Err(QureError::invalid("the number of threads must be at least 1"));
     }
     let pool = build(n)?;
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);

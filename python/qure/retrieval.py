@@ -1,0 +1,129 @@
+"""Large-gallery scoring, exact top-k, target ranks and mining straight from features.
+
+A gallery is ``(N, d)`` (plain inner product) or ``(N, T, d)``: T token embeddings per image,
+scored BLIP-2 style as the max over the tokens of the dot product with the query. Everything
+streams over cache-sized gallery blocks in the Rust core: no ``Q x N x T`` tensor is built, and
+top-k and ranks never hold ``Q x N`` scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._arrays import (
+    as_float32_matrix,
+    as_ids,
+    as_index_vector,
+    as_ragged_indices,
+    is_torch_tensor,
+)
+from .mining import _PAIRINGS, HardNegatives, Pairing, _check_count
+
+__all__ = ["mine_from_features", "score", "simd_kernel", "target_rank", "topk"]
+
+
+def _features(queries: Any, gallery: Any) -> tuple[np.ndarray, np.ndarray]:
+    q = as_float32_matrix(queries, "queries", ndim=2)
+    g_ndim = gallery.ndim if hasattr(gallery, "ndim") else np.asarray(gallery).ndim
+    if g_ndim not in (2, 3):
+        raise ValueError(f"gallery must be (N, d) or (N, T, d), got {g_ndim}-D")
+    g = as_float32_matrix(gallery, "gallery", ndim=g_ndim)
+    if g.ndim == 2:
+        g = g.reshape(g.shape[0], 1, g.shape[1])
+    if q.shape[1] != g.shape[2]:
+        raise ValueError(f"queries have {q.shape[1]} features but the gallery has {g.shape[2]}")
+    return q, g
+
+
+def _exclude_csr(exclude: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(exclude, np.ndarray) or is_torch_tensor(exclude):
+        array = np.asarray(exclude.cpu() if is_torch_tensor(exclude) else exclude)
+        if array.ndim == 1:  # one item per query, e.g. CIRR's reference image
+            indices = as_index_vector(array, "exclude", length=rows)
+            return np.arange(rows + 1, dtype=np.int64), indices
+    return as_ragged_indices(exclude, "exclude", rows)
+
+
+def score(queries: Any, gallery: Any) -> np.ndarray:
+    """``(Q, N)`` float32 scores of ``queries`` (Q, d) against ``gallery`` (N, d) or (N, T, d).
+
+    With tokens, an image's score is the max over its T tokens of the dot product.
+    """
+    q, g = _features(queries, gallery)
+    return _core.score(q, g)
+
+
+def topk(
+    queries: Any, gallery: Any, k: int, *, exclude: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k: ``(values (Q, k) float32, indices (Q, k) int64)``.
+
+    Sorted by score descending, ties by ascending index. ``exclude`` removes items per query: a
+    ``(Q,)`` integer array (one item each, e.g. the reference image) or one list per query.
+    Queries left with fewer than ``k`` items are padded with ``(-inf, -1)``.
+    """
+    q, g = _features(queries, gallery)
+    k = _check_count(k, "k", 1)
+    if k > g.shape[0]:
+        raise ValueError(f"k={k} exceeds the gallery size {g.shape[0]}")
+    if exclude is None:
+        return _core.topk(q, g, k)
+    indptr, indices = _exclude_csr(exclude, q.shape[0])
+    return _core.topk(q, g, k, indptr, indices)
+
+
+def target_rank(queries: Any, gallery: Any, target_idx: Any) -> np.ndarray:
+    """Each target's 0-based rank (higher scores, plus ties with a lower index), without sorting.
+
+    ``target_rank < K`` is the hit indicator of Recall@K.
+    """
+    q, g = _features(queries, gallery)
+    targets = as_index_vector(target_idx, "target_idx", length=q.shape[0])
+    return _core.target_rank(q, g, targets)
+
+
+def mine_from_features(
+    queries: Any,
+    gallery: Any,
+    target_idx: Any,
+    *,
+    consecutive_threshold: int = 1,
+    pairing: Pairing = "consecutive",
+    max_rank: int | None = None,
+    positives: Any = None,
+    gallery_ids: Any = None,
+    block_size: int | None = None,
+) -> HardNegatives:
+    """``mine_negatives(score(queries, gallery), target_idx, ...)`` without the score matrix.
+
+    Query blocks of ``block_size`` rows (default: about 64 MiB of scores) are scored and mined as
+    they go; the result is identical to mining the full matrix. The other arguments are those of
+    :func:`qure.mine_negatives`.
+    """
+    q, g = _features(queries, gallery)
+    n_queries, n_gallery = q.shape[0], g.shape[0]
+    targets = as_index_vector(target_idx, "target_idx", length=n_queries)
+    threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0)
+    if pairing not in _PAIRINGS:
+        raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
+    rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1)
+    block = None if block_size is None else _check_count(block_size, "block_size", 1)
+    pos_indptr = pos_indices = None
+    if positives is not None:
+        pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
+    ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
+    indptr, indices, ranks, drops = _core.mine_from_features(
+        q, g, targets, threshold, pairing, rank_limit, pos_indptr, pos_indices, ids, block
+    )
+    return HardNegatives(indptr=indptr, indices=indices, target_rank=ranks, drops=drops)
+
+
+def simd_kernel() -> str:
+    """The SIMD kernel scoring uses here: ``"avx512"``, ``"avx2"`` or ``"portable"``.
+
+    ``QURE_SIMD=avx2`` or ``QURE_SIMD=portable`` caps it (set before the first call).
+    """
+    return _core.simd_kernel()

@@ -1,0 +1,302 @@
+//! The f32 scoring micro-kernel, with run-time SIMD dispatch (AVX-512, AVX2+FMA, portable).
+//!
+//! A kernel call multiplies `ROWS` gallery token rows (read in place, row-major) by a packed
+//! panel of `LANES` queries and max-reduces each row into its image's slot of a tile laid out
+//! `[image][lane]`: the max over an image's tokens (BLIP-2 style scoring) is fused into the
+//! epilogue, so the `queries x gallery x tokens` block never exists.
+//!
+//! Every score is one fused multiply-add chain over the feature dimension, in order, starting from
+//! +0.0: `s = fma(g[k], q[k], s)` for `k = 0 .. d`. Every kernel (and [`dot_chain`]) computes that
+//! same chain, so a score's bits do not depend on the kernel, its position in a tile, the block
+//! sizes or the thread count.
+
+use std::sync::OnceLock;
+
+/// The instruction set a kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Portable code (any CPU).
+    Portable,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+    /// x86-64 AVX-512F.
+    Avx512,
+}
+
+impl Simd {
+    /// Gallery rows per kernel call.
+    pub fn rows(self) -> usize {
+        match self {
+            Simd::Avx512 => 8,
+            Simd::Avx2 => 6,
+            Simd::Portable => 4,
+        }
+    }
+
+    /// Queries per packed panel.
+    pub fn lanes(self) -> usize {
+        match self {
+            Simd::Avx512 => 32,
+            Simd::Avx2 => 16,
+            Simd::Portable => 8,
+        }
+    }
+
+    /// The best kernel this CPU runs.
+    pub fn best_available() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
+
+    /// Every kernel this CPU runs.
+    pub fn available() -> Vec<Simd> {
+        let best = Simd::best_available();
+        [Simd::Portable, Simd::Avx2, Simd::Avx512].into_iter().filter(|&s| s <= best).collect()
+    }
+
+    /// The kernel in use: the best available, capped by `QURE_SIMD` (`portable`, `avx2`,
+    /// `avx512`) when set.
+    pub fn current() -> Simd {
+        static CURRENT: OnceLock<Simd> = OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let best = Simd::best_available();
+            let cap = match std::env::var("QURE_SIMD").as_deref() {
+                Ok("portable") | Ok("scalar") => Simd::Portable,
+                Ok("avx2") => Simd::Avx2,
+                _ => Simd::Avx512,
+            };
+            best.min(cap)
+        })
+    }
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "avx512",
+            Simd::Avx2 => "avx2",
+            Simd::Portable => "portable",
+        }
+    }
+}
+
+/// Packs `n` rows of `d` features into panels of `lanes` queries, feature-major:
+/// `out[p][k][l] = rows[p * lanes + l][k]`, zero past the last row.
+pub fn pack_panels(rows: &[f32], n: usize, d: usize, lanes: usize) -> Vec<f32> {
+    let panels = n.div_ceil(lanes);
+    let mut out = vec![0.0f32; panels * d * lanes];
+    for (i, row) in rows.chunks_exact(d).take(n).enumerate() {
+        let base = (i / lanes) * d * lanes + i % lanes;
+        for (k, &v) in row.iter().enumerate() {
+            out[base + k * lanes] = v;
+        }
+    }
+    out
+}
+
+/// The reference chain every kernel reproduces bit for bit.
+#[inline]
+pub fn dot_chain(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0f32, |s, (&x, &y)| x.mul_add(y, s))
+}
+
+/// One kernel call.
+///
+/// `gallery` holds `simd.rows()` rows of `d` features (the caller zero-pads a short last group),
+/// `panel` a packed panel of `simd.lanes()` queries. For each of the first `valid` rows `r`, the
+/// scores of row `first_row + r` are max-reduced into `tile[(first_row + r) / tokens]`, a row of
+/// `lanes` values.
+///
+/// # Panics
+/// If the slices are shorter than the call needs.
+#[allow(clippy::too_many_arguments)]
+pub fn score_rows(
+    simd: Simd,
+    d: usize,
+    gallery: &[f32],
+    panel: &[f32],
+    tile: &mut [f32],
+    first_row: usize,
+    tokens: usize,
+    valid: usize,
+) {
+    let (rows, lanes) = (simd.rows(), simd.lanes());
+    assert!(gallery.len() >= rows * d && panel.len() >= lanes * d && valid <= rows && tokens > 0);
+    assert!(valid == 0 || tile.len() >= ((first_row + valid - 1) / tokens + 1) * lanes);
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports the instructions (`Simd::available`), and the asserts above
+        // bound every access the kernel makes.
+        Simd::Avx512 => unsafe { x86::avx512(d, gallery, panel, tile, first_row, tokens, valid) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Simd::Avx2 => unsafe { x86::avx2(d, gallery, panel, tile, first_row, tokens, valid) },
+        _ => portable(d, gallery, panel, tile, first_row, tokens, valid),
+    }
+}
+
+fn portable(
+    d: usize,
+    gallery: &[f32],
+    panel: &[f32],
+    tile: &mut [f32],
+    first_row: usize,
+    tokens: usize,
+    valid: usize,
+) {
+    const ROWS: usize = 4;
+    const LANES: usize = 8;
+    let mut acc = [[0.0f32; LANES]; ROWS];
+    for k in 0..d {
+        let q = &panel[k * LANES..k * LANES + LANES];
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            let g = gallery[r * d + k];
+            for (a, &qv) in acc_row.iter_mut().zip(q) {
+                *a = g.mul_add(qv, *a);
+            }
+        }
+    }
+    for (r, acc_row) in acc.iter().enumerate().take(valid) {
+        let slot = (first_row + r) / tokens * LANES;
+        for (t, &a) in tile[slot..slot + LANES].iter_mut().zip(acc_row) {
+            *t = t.max(a);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 8 gallery rows x 32 queries: 16 zmm accumulators.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(
+        d: usize,
+        gallery: &[f32],
+        panel: &[f32],
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+        valid: usize,
+    ) {
+        const ROWS: usize = 8;
+        let g = gallery.as_ptr();
+        let p = panel.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+        for k in 0..d {
+            let q0 = _mm512_loadu_ps(p.add(k * 32));
+            let q1 = _mm512_loadu_ps(p.add(k * 32 + 16));
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                let gv = _mm512_set1_ps(*g.add(r * d + k));
+                acc_row[0] = _mm512_fmadd_ps(gv, q0, acc_row[0]);
+                acc_row[1] = _mm512_fmadd_ps(gv, q1, acc_row[1]);
+            }
+        }
+        let t = tile.as_mut_ptr();
+        for (r, acc_row) in acc.iter().enumerate() {
+            if r < valid {
+                let slot = t.add((first_row + r) / tokens * 32);
+                _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[0]));
+                let slot = slot.add(16);
+                _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[1]));
+            }
+        }
+    }
+
+    /// 6 gallery rows x 16 queries: 12 ymm accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(
+        d: usize,
+        gallery: &[f32],
+        panel: &[f32],
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+        valid: usize,
+    ) {
+        const ROWS: usize = 6;
+        let g = gallery.as_ptr();
+        let p = panel.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        for k in 0..d {
+            let q0 = _mm256_loadu_ps(p.add(k * 16));
+            let q1 = _mm256_loadu_ps(p.add(k * 16 + 8));
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                let gv = _mm256_set1_ps(*g.add(r * d + k));
+                acc_row[0] = _mm256_fmadd_ps(gv, q0, acc_row[0]);
+                acc_row[1] = _mm256_fmadd_ps(gv, q1, acc_row[1]);
+            }
+        }
+        let t = tile.as_mut_ptr();
+        for (r, acc_row) in acc.iter().enumerate() {
+            if r < valid {
+                let slot = t.add((first_row + r) / tokens * 16);
+                _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[0]));
+                let slot = slot.add(8);
+                _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[1]));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn every_kernel_reproduces_the_reference_chain_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for simd in Simd::available() {
+            for &(d, tokens) in &[(1usize, 1usize), (3, 2), (17, 3), (64, 8), (256, 32)] {
+                let (rows, lanes) = (simd.rows(), simd.lanes());
+                let gallery: Vec<f32> =
+                    (0..rows * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let queries: Vec<f32> =
+                    (0..lanes * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let panel = pack_panels(&queries, lanes, d, lanes);
+                for first_row in [0, 1, tokens] {
+                    for valid in [rows, rows - 1, 1] {
+                        let slots = (first_row + rows) / tokens + 1;
+                        let mut tile = vec![f32::NEG_INFINITY; slots * lanes];
+                        score_rows(simd, d, &gallery, &panel, &mut tile, first_row, tokens, valid);
+                        let mut want = vec![f32::NEG_INFINITY; slots * lanes];
+                        for r in 0..valid {
+                            for l in 0..lanes {
+                                let s = dot_chain(
+                                    &gallery[r * d..(r + 1) * d],
+                                    &queries[l * d..(l + 1) * d],
+                                );
+                                let slot = &mut want[(first_row + r) / tokens * lanes + l];
+                                *slot = slot.max(s);
+                            }
+                        }
+                        let same = tile
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits() || a == b);
+                        assert!(
+                            same,
+                            "{simd:?} d={d} tokens={tokens} first_row={first_row} valid={valid}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_is_feature_major_and_zero_padded() {
+        let rows: Vec<f32> = (0..6).map(|v| v as f32).collect(); // 3 rows x 2 features
+        let packed = pack_panels(&rows, 3, 2, 2);
+        assert_eq!(packed, vec![0.0, 2.0, 1.0, 3.0, 4.0, 0.0, 5.0, 0.0]);
+    }
+}

@@ -1,0 +1,635 @@
+//! Large-gallery scoring, exact top-k, target ranks and mining straight from features.
+//!
+//! A gallery is `(N, T, d)`: `T` token embeddings per image (`T = 1` for plain inner product);
+//! a query is one `d`-vector; the score is the max over the image's tokens of the dot product.
+//! Work is split into tasks of (query block x gallery chunk); each task streams cache-sized
+//! gallery blocks through [`crate::kernel`] and hands every finished tile to a consumer, so no
+//! `Q x N x T` (or, for top-k and ranks, `Q x N`) buffer is ever built.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::error::{QureError, Result};
+use crate::kernel::{dot_chain, pack_panels, score_rows, Simd};
+use crate::keys::{key_index, key_score, rank_key};
+use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
+use crate::threads;
+
+/// Gallery token rows per streamed block (a block and the tile it feeds stay in L2).
+const BLOCK_ROWS: usize = 512;
+/// Queries per task.
+const TASK_QUERIES: usize = 512;
+/// Target number of tasks per thread (load balance).
+const TASKS_PER_THREAD: usize = 4;
+/// Score-matrix bytes held at once by [`mine_from_features`].
+const MINE_BLOCK_BYTES: usize = 64 << 20;
+
+/// Row-major query features `(rows, dim)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Queries<'a> {
+    /// `rows * dim` values.
+    pub data: &'a [f32],
+    /// Number of queries.
+    pub rows: usize,
+    /// Feature size.
+    pub dim: usize,
+}
+
+/// Row-major gallery features `(items, tokens, dim)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Gallery<'a> {
+    /// `items * tokens * dim` values.
+    pub data: &'a [f32],
+    /// Number of gallery images.
+    pub items: usize,
+    /// Token embeddings per image (1 for plain inner product).
+    pub tokens: usize,
+    /// Feature size.
+    pub dim: usize,
+}
+
+fn check_finite(data: &[f32], row_len: usize, what: &'static str) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(QureError::NonFinite { what, row: i / row_len, col: i % row_len }),
+    }
+}
+
+/// A validated scoring problem with the queries packed for the kernel.
+pub struct Scorer<'a> {
+    simd: Simd,
+    packed: Vec<f32>,
+    queries: Queries<'a>,
+    gallery: Gallery<'a>,
+}
+
+/// The view a consumer gets of a finished tile: `scores[i * lanes + l]` is the score of query
+/// `first_query + l` against gallery item `first_item + i`.
+pub struct Tile<'t> {
+    /// First query of the panel.
+    pub first_query: usize,
+    /// Queries in the panel that exist (`<= lanes`).
+    pub queries: usize,
+    /// First gallery item.
+    pub first_item: usize,
+    /// Gallery items in the tile.
+    pub items: usize,
+    /// Panel width.
+    pub lanes: usize,
+    /// `items * lanes` scores, item-major.
+    pub scores: &'t [f32],
+}
+
+impl<'a> Scorer<'a> {
+    /// Checks shapes and finiteness and packs the queries.
+    pub fn new(queries: Queries<'a>, gallery: Gallery<'a>) -> Result<Self> {
+        Scorer::with_simd(queries, gallery, Simd::current())
+    }
+
+    /// As [`Scorer::new`], with an explicit kernel (tests compare kernels).
+    pub fn with_simd(queries: Queries<'a>, gallery: Gallery<'a>, simd: Simd) -> Result<Self> {
+        if queries.dim != gallery.dim {
+            return Err(QureError::invalid(format!(
+                "queries have {} features but the gallery has {}",
+                queries.dim, gallery.dim
+            )));
+        }
+        if queries.dim == 0 {
+            return Err(QureError::invalid("features must have at least 1 dimension"));
+        }
+        if gallery.items == 0 {
+            return Err(QureError::invalid("the gallery is empty"));
+        }
+        if gallery.tokens == 0 {
+            return Err(QureError::invalid("gallery items must have at least 1 token"));
+        }
+        if gallery.items > u32::MAX as usize {
+            return Err(QureError::invalid(
+                "galleries of more than 2^32 - 1 items are not supported",
+            ));
+        }
+        if queries.data.len() != queries.rows * queries.dim {
+            return Err(QureError::invalid("queries buffer does not match its shape"));
+        }
+        if gallery.data.len() != gallery.items * gallery.tokens * gallery.dim {
+            return Err(QureError::invalid("gallery buffer does not match its shape"));
+        }
+        check_finite(queries.data, queries.dim, "queries")?;
+        check_finite(gallery.data, gallery.tokens * gallery.dim, "gallery")?;
+        let packed = pack_panels(queries.data, queries.rows, queries.dim, simd.lanes());
+        Ok(Scorer { simd, packed, queries, gallery })
+    }
+
+    /// The kernel in use.
+    pub fn simd(&self) -> Simd {
+        self.simd
+    }
+
+    /// Number of queries.
+    pub fn n_queries(&self) -> usize {
+        self.queries.rows
+    }
+
+    /// Number of gallery items.
+    pub fn n_items(&self) -> usize {
+        self.gallery.items
+    }
+
+    fn items_per_block(&self) -> usize {
+        (BLOCK_ROWS / self.gallery.tokens).max(1)
+    }
+
+    /// Streams every tile of `panels x items` through `consume`, one thread.
+    fn stream<S>(
+        &self,
+        panels: Range<usize>,
+        items: Range<usize>,
+        state: &mut S,
+        consume: &(impl Fn(&mut S, &Tile<'_>) + Sync),
+    ) {
+        let (d, t) = (self.gallery.dim, self.gallery.tokens);
+        let (rows, lanes) = (self.simd.rows(), self.simd.lanes());
+        let per_block = self.items_per_block();
+        let mut tile = vec![f32::NEG_INFINITY; per_block * lanes];
+        let mut short_group = vec![0.0f32; rows * d];
+        for first_item in items.clone().step_by(per_block) {
+            let n_items = per_block.min(items.end - first_item);
+            let block = &self.gallery.data[first_item * t * d..(first_item + n_items) * t * d];
+            let n_rows = n_items * t;
+            for panel in panels.clone() {
+                let tile = &mut tile[..n_items * lanes];
+                tile.fill(f32::NEG_INFINITY);
+                let packed = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
+                for first_row in (0..n_rows).step_by(rows) {
+                    let valid = rows.min(n_rows - first_row);
+                    let group = if valid == rows {
+                        &block[first_row * d..(first_row + rows) * d]
+                    } else {
+                        short_group[..valid * d]
+                            .copy_from_slice(&block[first_row * d..(first_row + valid) * d]);
+                        short_group[valid * d..].fill(0.0);
+                        &short_group[..]
+                    };
+                    score_rows(self.simd, d, group, packed, tile, first_row, t, valid);
+                }
+                let first_query = panel * lanes;
+                consume(
+                    state,
+                    &Tile {
+                        first_query,
+                        queries: lanes.min(self.queries.rows - first_query),
+                        first_item,
+                        items: n_items,
+                        lanes,
+                        scores: tile,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Splits `queries` (a range of query rows aligned to panels) x all items into tasks, runs
+    /// them on qure's pool and returns each task's state in task order.
+    fn run<S: Send>(
+        &self,
+        queries: Range<usize>,
+        init: impl Fn(Range<usize>, Range<usize>) -> S + Sync,
+        consume: impl Fn(&mut S, &Tile<'_>) + Sync,
+    ) -> Vec<S> {
+        let lanes = self.simd.lanes();
+        let panels = queries.start / lanes..queries.end.div_ceil(lanes);
+        let panels_per_task = (TASK_QUERIES / lanes).max(1);
+        let query_tasks = panels.len().div_ceil(panels_per_task).max(1);
+        let blocks = self.gallery.items.div_ceil(self.items_per_block());
+        let wanted = threads::num_threads() * TASKS_PER_THREAD;
+        let chunks = wanted.div_ceil(query_tasks).clamp(1, blocks);
+        let blocks_per_chunk = blocks.div_ceil(chunks);
+        let items_per_chunk = blocks_per_chunk * self.items_per_block();
+        let mut tasks = Vec::new();
+        for p in (panels.start..panels.end).step_by(panels_per_task) {
+            let p_range = p..(p + panels_per_task).min(panels.end);
+            for i in (0..self.gallery.items).step_by(items_per_chunk) {
+                tasks.push((p_range.clone(), i..(i + items_per_chunk).min(self.gallery.items)));
+            }
+        }
+        threads::install(|| {
+            tasks
+                .into_par_iter()
+                .map(|(p, i)| {
+                    let lanes = self.simd.lanes();
+                    let q = p.start * lanes..(p.end * lanes).min(self.queries.rows);
+                    let mut state = init(q, i.clone());
+                    self.stream(p, i, &mut state, &consume);
+                    state
+                })
+                .collect()
+        })
+    }
+
+    /// Scores of queries `rows` (a panel-aligned range) against the whole gallery, row-major.
+    pub fn score_rows(&self, rows: Range<usize>) -> Vec<f32> {
+        let n = self.gallery.items;
+        let mut out = vec![0.0f32; rows.len() * n];
+        let first = rows.start;
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        self.run(
+            rows,
+            |_, _| (),
+            |_, tile| {
+                for l in 0..tile.queries {
+                    let row = (tile.first_query + l - first) * n + tile.first_item;
+                    for i in 0..tile.items {
+                        // SAFETY: tasks cover disjoint (query, item) pairs, every index is inside
+                        // `out`, and `out` outlives `run`, which joins all tasks.
+                        unsafe { out_ptr.write(row + i, tile.scores[i * tile.lanes + l]) };
+                    }
+                }
+            },
+        );
+        out
+    }
+
+    /// The score of query `q` against item `item`, computed by the same chain as every tile.
+    pub fn score_one(&self, q: usize, item: usize) -> f32 {
+        let d = self.gallery.dim;
+        let query = &self.queries.data[q * d..(q + 1) * d];
+        let t = self.gallery.tokens;
+        self.gallery.data[item * t * d..(item + 1) * t * d]
+            .chunks_exact(d)
+            .map(|token| dot_chain(token, query))
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used for disjoint writes from tasks joined before the buffer is read.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+/// `(Q, N)` scores, row-major.
+pub fn score(queries: Queries<'_>, gallery: Gallery<'_>) -> Result<Vec<f32>> {
+    let scorer = Scorer::new(queries, gallery)?;
+    Ok(scorer.score_rows(0..queries.rows))
+}
+
+/// Exact top-k: `(values, indices)`, each `(Q, k)` row-major, sorted by score descending with
+/// ties by ascending index. `exclude` (CSR per query) removes items; queries left with fewer
+/// than `k` items are padded with `(-inf, -1)`.
+pub fn topk(
+    queries: Queries<'_>,
+    gallery: Gallery<'_>,
+    k: usize,
+    exclude: Option<crate::mining::CsrRef<'_>>,
+) -> Result<(Vec<f32>, Vec<i64>)> {
+    let scorer = Scorer::new(queries, gallery)?;
+    let n = gallery.items;
+    if k == 0 || k > n {
+        return Err(QureError::invalid(format!(
+            "k must be between 1 and the gallery size {n}, got {k}"
+        )));
+    }
+    let q = queries.rows;
+    let mut excluded: Vec<Vec<i64>> = vec![Vec::new(); q];
+    if let Some(csr) = exclude {
+        crate::mining::validate_csr(csr, q, n, "exclude")?;
+        for (i, list) in excluded.iter_mut().enumerate() {
+            list.extend_from_slice(csr.row(i));
+            list.sort_unstable();
+        }
+    }
+    let parts = scorer.run(
+        0..q,
+        |rows, _| TopKState::new(rows, k),
+        |state, tile| state.consume(tile, &excluded),
+    );
+    // Merge the chunks of each query block: every chunk kept its own exact top k.
+    let mut merged: Vec<Vec<u64>> = vec![Vec::new(); q];
+    for part in parts {
+        for (offset, heap) in part.heaps.into_iter().enumerate() {
+            merged[part.first + offset].extend(heap.keys);
+        }
+    }
+    let mut values = vec![f32::NEG_INFINITY; q * k];
+    let mut indices = vec![-1i64; q * k];
+    for (i, mut keys) in merged.into_iter().enumerate() {
+        if keys.len() > k {
+            keys.select_nth_unstable(k - 1);
+            keys.truncate(k);
+        }
+        keys.sort_unstable();
+        for (j, &key) in keys.iter().enumerate() {
+            values[i * k + j] = key_score(key);
+            indices[i * k + j] = i64::from(key_index(key));
+        }
+    }
+    Ok((values, indices))
+}
+
+/// The running top k of one query: candidates accumulate up to `2k`, then are cut back to `k`.
+struct Heap {
+    keys: Vec<u64>,
+    /// Worst kept key once `k` are kept (`u64::MAX` before).
+    bound: u64,
+    /// The score of `bound`: a later item (higher index) enters only with a strictly higher one.
+    bound_score: f32,
+}
+
+struct TopKState {
+    first: usize,
+    k: usize,
+    heaps: Vec<Heap>,
+}
+
+impl TopKState {
+    fn new(rows: Range<usize>, k: usize) -> Self {
+        let heaps = rows
+            .clone()
+            .map(|_| Heap {
+                keys: Vec::with_capacity(2 * k),
+                bound: u64::MAX,
+                bound_score: f32::NEG_INFINITY,
+            })
+            .collect();
+        TopKState { first: rows.start, k, heaps }
+    }
+
+    fn consume(&mut self, tile: &Tile<'_>, excluded: &[Vec<i64>]) {
+        let k = self.k;
+        let offset = tile.first_query - self.first;
+        let heaps = &mut self.heaps[offset..offset + tile.queries];
+        let mut bounds = [f32::NEG_INFINITY; 64];
+        let lanes = tile.lanes;
+        for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
+            *b = h.bound_score;
+        }
+        for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
+            // Cheap vectorisable test first: does any query's bound fall to this item?
+            let any = row.iter().zip(&bounds[..lanes]).fold(false, |acc, (s, b)| acc | (s > b));
+            if !any {
+                continue;
+            }
+            let item = tile.first_item + i;
+            for (l, heap) in heaps.iter_mut().enumerate() {
+                let s = row[l];
+                if s <= bounds[l] {
+                    continue;
+                }
+                let query = tile.first_query + l;
+                if !excluded[query].is_empty()
+                    && excluded[query].binary_search(&(item as i64)).is_ok()
+                {
+                    continue;
+                }
+                let key = rank_key(s, item as u32);
+                if key >= heap.bound {
+                    continue;
+                }
+                heap.keys.push(key);
+                if heap.keys.len() == 2 * k {
+                    heap.keys.select_nth_unstable(k - 1);
+                    heap.keys.truncate(k);
+                    heap.bound = heap.keys[k - 1];
+                    heap.bound_score = key_score(heap.bound);
+                    bounds[l] = heap.bound_score;
+                }
+            }
+        }
+    }
+}
+
+/// Each target's 0-based rank: items scoring strictly higher, plus ties with a lower index.
+pub fn target_rank(
+    queries: Queries<'_>,
+    gallery: Gallery<'_>,
+    targets: &[i64],
+) -> Result<Vec<i64>> {
+    let scorer = Scorer::new(queries, gallery)?;
+    let q = queries.rows;
+    if targets.len() != q {
+        return Err(QureError::invalid(format!(
+            "target_idx has {} entries but there are {q} queries",
+            targets.len()
+        )));
+    }
+    if let Some((i, &t)) =
+        targets.iter().enumerate().find(|&(_, &t)| t < 0 || t as u64 >= gallery.items as u64)
+    {
+        return Err(QureError::invalid(format!(
+            "target_idx[{i}] = {t} is out of range for a gallery of {} items",
+            gallery.items
+        )));
+    }
+    let target_scores: Vec<f32> =
+        (0..q).map(|i| scorer.score_one(i, targets[i] as usize)).collect();
+    let parts = scorer.run(
+        0..q,
+        |rows, _| (rows.start, vec![0i64; rows.len()]),
+        |(first, counts), tile| {
+            // Row by row over the tile, all lanes at once (vectorisable).
+            let lanes = tile.lanes;
+            let mut best = [f32::INFINITY; 64];
+            let mut target = [0usize; 64];
+            for l in 0..tile.queries {
+                best[l] = target_scores[tile.first_query + l];
+                target[l] = targets[tile.first_query + l] as usize;
+            }
+            let mut above = [0u32; 64];
+            for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
+                let item = tile.first_item + i;
+                for (((count, &s), &b), &t) in above.iter_mut().zip(row).zip(&best).zip(&target) {
+                    *count += u32::from(s > b) | (u32::from(s == b) & u32::from(item < t));
+                }
+            }
+            for l in 0..tile.queries {
+                counts[tile.first_query + l - *first] += i64::from(above[l]);
+            }
+        },
+    );
+    let mut ranks = vec![0i64; q];
+    for (first, counts) in parts {
+        for (offset, c) in counts.into_iter().enumerate() {
+            ranks[first + offset] += c;
+        }
+    }
+    Ok(ranks)
+}
+
+/// Scores query blocks and mines them as it goes: the same result as
+/// `mine_negatives(score(queries, gallery), ...)`, holding at most one block of score rows.
+/// `block_rows` (rounded to the kernel's panel width) defaults to about 64 MiB of scores.
+pub fn mine_from_features(
+    queries: Queries<'_>,
+    gallery: Gallery<'_>,
+    targets: &[i64],
+    options: MineOptions,
+    exclusions: Exclusions<'_>,
+    block_rows: Option<usize>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<HardNegatives> {
+    let miner = Miner::new(gallery.items, targets, options, exclusions)?;
+    if targets.len() != queries.rows {
+        return Err(QureError::invalid(format!(
+            "target_idx has {} entries but there are {} queries",
+            targets.len(),
+            queries.rows
+        )));
+    }
+    if block_rows == Some(0) {
+        return Err(QureError::invalid("block_size must be at least 1"));
+    }
+    let scorer = Scorer::new(queries, gallery)?;
+    let lanes = scorer.simd().lanes();
+    let n = gallery.items;
+    let rows = block_rows.unwrap_or(MINE_BLOCK_BYTES / 4 / n).max(1).div_ceil(lanes) * lanes;
+    let q = queries.rows;
+    let mut out = HardNegatives::with_capacity(q);
+    for first in (0..q).step_by(rows) {
+        let last = (first + rows).min(q);
+        let block = scorer.score_rows(first..last);
+        threads::install(|| miner.mine_block(first, &block, &mut out))?;
+        progress(last, q);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn reference_scores(
+        q: &[f32],
+        g: &[f32],
+        rows: usize,
+        items: usize,
+        t: usize,
+        d: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; rows * items];
+        for i in 0..rows {
+            for j in 0..items {
+                out[i * items + j] = (0..t)
+                    .map(|tok| {
+                        dot_chain(
+                            &g[(j * t + tok) * d..(j * t + tok + 1) * d],
+                            &q[i * d..(i + 1) * d],
+                        )
+                    })
+                    .fold(f32::NEG_INFINITY, f32::max);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn scores_are_the_reference_chain_for_every_kernel_and_shape() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for &(rows, items, t, d) in
+            &[(1, 1, 1, 3), (5, 7, 2, 3), (33, 130, 1, 17), (40, 37, 32, 8), (70, 600, 3, 5)]
+        {
+            let q = random(&mut rng, rows * d);
+            let g = random(&mut rng, items * t * d);
+            let want = reference_scores(&q, &g, rows, items, t, d);
+            for simd in Simd::available() {
+                let scorer = Scorer::with_simd(
+                    Queries { data: &q, rows, dim: d },
+                    Gallery { data: &g, items, tokens: t, dim: d },
+                    simd,
+                )
+                .unwrap();
+                let got = scorer.score_rows(0..rows);
+                assert_eq!(got, want, "{simd:?} {rows}x{items}x{t}x{d}");
+            }
+        }
+    }
+
+    #[test]
+    fn topk_ranks_and_mining_agree_with_full_scores() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (rows, items, t, d) = (45, 1300, 2, 6);
+        // Quantised features make exact ties common.
+        let q: Vec<f32> =
+            random(&mut rng, rows * d).iter().map(|v| (v * 2.0).round() / 2.0).collect();
+        let g: Vec<f32> =
+            random(&mut rng, items * t * d).iter().map(|v| (v * 2.0).round() / 2.0).collect();
+        let queries = Queries { data: &q, rows, dim: d };
+        let gallery = Gallery { data: &g, items, tokens: t, dim: d };
+        let full = score(queries, gallery).unwrap();
+        let targets: Vec<i64> = (0..rows).map(|_| rng.random_range(0..items as i64)).collect();
+        let k = 20;
+        let (values, indices) = topk(queries, gallery, k, None).unwrap();
+        let ranks = target_rank(queries, gallery, &targets).unwrap();
+        for i in 0..rows {
+            let row = &full[i * items..(i + 1) * items];
+            let mut order: Vec<usize> = (0..items).collect();
+            order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
+            let want: Vec<i64> = order[..k].iter().map(|&j| j as i64).collect();
+            assert_eq!(&indices[i * k..(i + 1) * k], &want[..]);
+            assert_eq!(values[i * k], row[order[0]]);
+            let p = order.iter().position(|&j| j as i64 == targets[i]).unwrap();
+            assert_eq!(ranks[i], p as i64);
+        }
+        let options = MineOptions::default();
+        let want =
+            crate::mining::mine_negatives(&full, items, &targets, options, Exclusions::default())
+                .unwrap();
+        for block in [None, Some(1), Some(40)] {
+            let got = mine_from_features(
+                queries,
+                gallery,
+                &targets,
+                options,
+                Exclusions::default(),
+                block,
+                |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn topk_excludes_and_pads() {
+        let q = [1.0f32];
+        let g = [3.0f32, 2.0, 1.0];
+        let queries = Queries { data: &q, rows: 1, dim: 1 };
+        let gallery = Gallery { data: &g, items: 3, tokens: 1, dim: 1 };
+        let indptr = [0i64, 2];
+        let indices = [0i64, 2];
+        let csr = crate::mining::CsrRef { indptr: &indptr, indices: &indices };
+        let (values, idx) = topk(queries, gallery, 2, Some(csr)).unwrap();
+        assert_eq!(idx, vec![1, -1]);
+        assert_eq!(values, vec![2.0, f32::NEG_INFINITY]);
+        assert!(topk(queries, gallery, 4, None).is_err());
+        assert!(topk(queries, gallery, 0, None).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_features() {
+        let q = [1.0f32, f32::NAN];
+        let g = [1.0f32, 2.0];
+        let err = score(
+            Queries { data: &q, rows: 1, dim: 2 },
+            Gallery { data: &g, items: 1, tokens: 1, dim: 2 },
+        )
+        .unwrap_err();
+        assert_eq!(err, QureError::NonFinite { what: "queries", row: 0, col: 1 });
+        assert!(score(
+            Queries { data: &q, rows: 2, dim: 1 },
+            Gallery { data: &g, items: 1, tokens: 1, dim: 2 }
+        )
+        .is_err());
+    }
+}
