@@ -58,9 +58,9 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"[{group}]")
         for name, (value, unit) in rows.items():
             ratio = ""
-            if base and name != "qure":
-                if unit.startswith("GFLOP"):
-                    ratio = f"  qure is {base[0] / value:.2f}x"
+            if base and name != "qure" and unit == base[1]:
+                if unit == "GFLOP/s":
+                    ratio = f"  (qure is {base[0] / value:.2f}x)"
                 else:
-                    ratio = f"  ({value / base[0]:.1f}x qure)"
-            tr.write_line(f"  {name:<28} {value:12.4f} {unit}{ratio}")
+                    ratio = f"  (qure is {value / base[0]:.1f}x faster)"
+            tr.write_line(f"  {name:<36} {value:12.4f} {unit}{ratio}")

@@ -27,7 +27,7 @@ impl Simd {
     /// Gallery rows per kernel call.
     pub fn rows(self) -> usize {
         match self {
-            Simd::Avx512 => 8,
+            Simd::Avx512 => 12,
             Simd::Avx2 => 6,
             Simd::Portable => 4,
         }
@@ -101,6 +101,18 @@ pub fn pack_panels(rows: &[f32], n: usize, d: usize, lanes: usize) -> Vec<f32> {
     out
 }
 
+/// Packs up to `rows` gallery rows of `d` features feature-major for a kernel call:
+/// `out[k * rows + r] = group[r][k]`, zero past the last row.
+pub fn pack_group(group: &[f32], d: usize, rows: usize, out: &mut [f32]) {
+    let valid = group.len() / d;
+    debug_assert!(valid <= rows && out.len() == rows * d);
+    for k in 0..d {
+        for r in 0..rows {
+            out[k * rows + r] = if r < valid { group[r * d + k] } else { 0.0 };
+        }
+    }
+}
+
 /// The reference chain every kernel reproduces bit for bit.
 #[inline]
 pub fn dot_chain(a: &[f32], b: &[f32]) -> f32 {
@@ -109,7 +121,7 @@ pub fn dot_chain(a: &[f32], b: &[f32]) -> f32 {
 
 /// One kernel call.
 ///
-/// `gallery` holds `simd.rows()` rows of `d` features (the caller zero-pads a short last group),
+/// `gallery` holds `simd.rows()` rows of `d` features packed by [`pack_group`],
 /// `panel` a packed panel of `simd.lanes()` queries. For each of the first `valid` rows `r`, the
 /// scores of row `first_row + r` are max-reduced into `tile[(first_row + r) / tokens]`, a row of
 /// `lanes` values.
@@ -157,7 +169,7 @@ fn portable(
     for k in 0..d {
         let q = &panel[k * LANES..k * LANES + LANES];
         for (r, acc_row) in acc.iter_mut().enumerate() {
-            let g = gallery[r * d + k];
+            let g = gallery[k * ROWS + r];
             for (a, &qv) in acc_row.iter_mut().zip(q) {
                 *a = g.mul_add(qv, *a);
             }
@@ -171,11 +183,72 @@ fn portable(
     }
 }
 
+/// Calibration: f32 GFLOP/s of a register-resident loop of independent FMAs on one thread,
+/// with the widest vectors `simd` has (the machine's FMA peak per core, for context in reports).
+pub fn fma_peak_gflops(simd: Simd, iterations: u64) -> f64 {
+    let start = std::time::Instant::now();
+    let lanes = match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports the instructions (`Simd::available`).
+        Simd::Avx512 => unsafe { x86::fma_loop_avx512(iterations) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Simd::Avx2 => unsafe { x86::fma_loop_avx2(iterations) },
+        _ => fma_loop_portable(iterations),
+    };
+    let flops = 2.0 * 16.0 * lanes as f64 * iterations as f64;
+    flops / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn fma_loop_portable(iterations: u64) -> usize {
+    let mut acc = [[0.0f32; 4]; 16];
+    let (a, b) = (std::hint::black_box(0.999_f32), std::hint::black_box(1e-3_f32));
+    for _ in 0..iterations {
+        for row in acc.iter_mut() {
+            for v in row.iter_mut() {
+                *v = v.mul_add(a, b);
+            }
+        }
+    }
+    std::hint::black_box(acc);
+    4
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// 8 gallery rows x 32 queries: 16 zmm accumulators.
+    /// 16 independent zmm FMA chains per iteration; returns the lane count.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fma_loop_avx512(iterations: u64) -> usize {
+        let a = _mm512_set1_ps(std::hint::black_box(0.999));
+        let b = _mm512_set1_ps(std::hint::black_box(1e-3));
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for _ in 0..iterations {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        16
+    }
+
+    /// 16 independent ymm FMA chains per iteration; returns the lane count.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fma_loop_avx2(iterations: u64) -> usize {
+        let a = _mm256_set1_ps(std::hint::black_box(0.999));
+        let b = _mm256_set1_ps(std::hint::black_box(1e-3));
+        let mut acc = [_mm256_setzero_ps(); 16];
+        for _ in 0..iterations {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        8
+    }
+
+    /// 12 gallery rows x 32 queries: 24 zmm accumulators.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(
         d: usize,
@@ -186,7 +259,7 @@ mod x86 {
         tokens: usize,
         valid: usize,
     ) {
-        const ROWS: usize = 8;
+        const ROWS: usize = 12;
         let g = gallery.as_ptr();
         let p = panel.as_ptr();
         let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
@@ -194,15 +267,20 @@ mod x86 {
             let q0 = _mm512_loadu_ps(p.add(k * 32));
             let q1 = _mm512_loadu_ps(p.add(k * 32 + 16));
             for (r, acc_row) in acc.iter_mut().enumerate() {
-                let gv = _mm512_set1_ps(*g.add(r * d + k));
+                let gv = _mm512_set1_ps(*g.add(k * ROWS + r));
                 acc_row[0] = _mm512_fmadd_ps(gv, q0, acc_row[0]);
                 acc_row[1] = _mm512_fmadd_ps(gv, q1, acc_row[1]);
             }
         }
         let t = tile.as_mut_ptr();
+        let (mut image, mut token) = (first_row / tokens, first_row % tokens);
         for (r, acc_row) in acc.iter().enumerate() {
             if r < valid {
-                let slot = t.add((first_row + r) / tokens * 32);
+                let slot = t.add(image * 32);
+                token += 1;
+                if token == tokens {
+                    (image, token) = (image + 1, 0);
+                }
                 _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[0]));
                 let slot = slot.add(16);
                 _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[1]));
@@ -229,15 +307,20 @@ mod x86 {
             let q0 = _mm256_loadu_ps(p.add(k * 16));
             let q1 = _mm256_loadu_ps(p.add(k * 16 + 8));
             for (r, acc_row) in acc.iter_mut().enumerate() {
-                let gv = _mm256_set1_ps(*g.add(r * d + k));
+                let gv = _mm256_set1_ps(*g.add(k * ROWS + r));
                 acc_row[0] = _mm256_fmadd_ps(gv, q0, acc_row[0]);
                 acc_row[1] = _mm256_fmadd_ps(gv, q1, acc_row[1]);
             }
         }
         let t = tile.as_mut_ptr();
+        let (mut image, mut token) = (first_row / tokens, first_row % tokens);
         for (r, acc_row) in acc.iter().enumerate() {
             if r < valid {
-                let slot = t.add((first_row + r) / tokens * 16);
+                let slot = t.add(image * 16);
+                token += 1;
+                if token == tokens {
+                    (image, token) = (image + 1, 0);
+                }
                 _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[0]));
                 let slot = slot.add(8);
                 _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[1]));
@@ -263,11 +346,13 @@ mod tests {
                 let queries: Vec<f32> =
                     (0..lanes * d).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let panel = pack_panels(&queries, lanes, d, lanes);
+                let mut group = vec![0.0; rows * d];
                 for first_row in [0, 1, tokens] {
                     for valid in [rows, rows - 1, 1] {
                         let slots = (first_row + rows) / tokens + 1;
                         let mut tile = vec![f32::NEG_INFINITY; slots * lanes];
-                        score_rows(simd, d, &gallery, &panel, &mut tile, first_row, tokens, valid);
+                        pack_group(&gallery[..valid * d], d, rows, &mut group);
+                        score_rows(simd, d, &group, &panel, &mut tile, first_row, tokens, valid);
                         let mut want = vec![f32::NEG_INFINITY; slots * lanes];
                         for r in 0..valid {
                             for l in 0..lanes {
@@ -298,5 +383,32 @@ mod tests {
         let rows: Vec<f32> = (0..6).map(|v| v as f32).collect(); // 3 rows x 2 features
         let packed = pack_panels(&rows, 3, 2, 2);
         assert_eq!(packed, vec![0.0, 2.0, 1.0, 3.0, 4.0, 0.0, 5.0, 0.0]);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn kernel_in_cache_throughput() {
+        let simd = Simd::best_available();
+        let (rows, lanes, d) = (simd.rows(), simd.lanes(), 256);
+        let group = vec![0.5f32; rows * d];
+        let panel = vec![0.25f32; lanes * d];
+        let mut tile = vec![f32::NEG_INFINITY; (rows + 2) * lanes];
+        let calls = 200_000;
+        let start = std::time::Instant::now();
+        for i in 0..calls {
+            score_rows(simd, d, &group, &panel, &mut tile, i % 2, 1, rows);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let gflops = 2.0 * (rows * lanes * d * calls) as f64 / secs / 1e9;
+        let peak = fma_peak_gflops(simd, 100_000_000);
+        eprintln!(
+            "{simd:?}: kernel {gflops:.1} GFLOP/s, peak {peak:.1} ({:.0}%)",
+            gflops / peak * 100.0
+        );
     }
 }

@@ -209,6 +209,21 @@ fn mine_from_features<'py>(
     mined_to_py(py, mined)
 }
 
+/// Measured f32 FMA peak of the machine in GFLOP/s: every pool thread runs a register-resident
+/// FMA loop at once with the kernel's vector width.
+#[pyfunction]
+#[pyo3(signature = (iterations=200_000_000))]
+fn fma_peak_gflops(py: Python<'_>, iterations: u64) -> f64 {
+    use rayon::prelude::*;
+    let simd = Simd::current();
+    py.detach(|| {
+        threads::install(|| {
+            let n = rayon::current_num_threads();
+            (0..n).into_par_iter().map(|_| crate::kernel::fma_peak_gflops(simd, iterations)).sum()
+        })
+    })
+}
+
 /// The SIMD kernel scoring uses: "avx512", "avx2" or "portable".
 #[pyfunction]
 fn simd_kernel() -> &'static str {
@@ -235,6 +250,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(topk, m)?)?;
     m.add_function(wrap_pyfunction!(target_rank, m)?)?;
     m.add_function(wrap_pyfunction!(simd_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(fma_peak_gflops, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

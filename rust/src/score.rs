@@ -11,15 +11,17 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{QureError, Result};
-use crate::kernel::{dot_chain, pack_panels, score_rows, Simd};
+use crate::kernel::{dot_chain, pack_group, pack_panels, score_rows, Simd};
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
 use crate::threads;
 
 /// Gallery token rows per streamed block (a block and the tile it feeds stay in L2).
 const BLOCK_ROWS: usize = 512;
-/// Queries per task.
-const TASK_QUERIES: usize = 512;
+/// Queries per task: large, so that each gallery block is packed once per call...
+const TASK_QUERIES: usize = 4096;
+/// ...except for top-k, whose per-query candidate lists should stay in cache.
+const TOPK_TASK_QUERIES: usize = 2048;
 /// Target number of tasks per thread (load balance).
 const TASKS_PER_THREAD: usize = 4;
 /// Score-matrix bytes held at once by [`mine_from_features`].
@@ -151,27 +153,27 @@ impl<'a> Scorer<'a> {
         let (d, t) = (self.gallery.dim, self.gallery.tokens);
         let (rows, lanes) = (self.simd.rows(), self.simd.lanes());
         let per_block = self.items_per_block();
+        let groups_per_block = (per_block * t).div_ceil(rows);
         let mut tile = vec![f32::NEG_INFINITY; per_block * lanes];
-        let mut short_group = vec![0.0f32; rows * d];
+        // The block's rows, packed group by group; each packed group is reused by every panel.
+        let mut packed_block = vec![0.0f32; groups_per_block * rows * d];
         for first_item in items.clone().step_by(per_block) {
             let n_items = per_block.min(items.end - first_item);
             let block = &self.gallery.data[first_item * t * d..(first_item + n_items) * t * d];
             let n_rows = n_items * t;
+            let n_groups = n_rows.div_ceil(rows);
+            for (g, packed) in packed_block.chunks_exact_mut(rows * d).take(n_groups).enumerate() {
+                let end = ((g + 1) * rows).min(n_rows);
+                pack_group(&block[g * rows * d..end * d], d, rows, packed);
+            }
             for panel in panels.clone() {
                 let tile = &mut tile[..n_items * lanes];
                 tile.fill(f32::NEG_INFINITY);
-                let packed = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
-                for first_row in (0..n_rows).step_by(rows) {
+                let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
+                for (g, group) in packed_block.chunks_exact(rows * d).take(n_groups).enumerate() {
+                    let first_row = g * rows;
                     let valid = rows.min(n_rows - first_row);
-                    let group = if valid == rows {
-                        &block[first_row * d..(first_row + rows) * d]
-                    } else {
-                        short_group[..valid * d]
-                            .copy_from_slice(&block[first_row * d..(first_row + valid) * d]);
-                        short_group[valid * d..].fill(0.0);
-                        &short_group[..]
-                    };
-                    score_rows(self.simd, d, group, packed, tile, first_row, t, valid);
+                    score_rows(self.simd, d, group, queries, tile, first_row, t, valid);
                 }
                 let first_query = panel * lanes;
                 consume(
@@ -194,12 +196,13 @@ impl<'a> Scorer<'a> {
     fn run<S: Send>(
         &self,
         queries: Range<usize>,
+        task_queries: usize,
         init: impl Fn(Range<usize>, Range<usize>) -> S + Sync,
         consume: impl Fn(&mut S, &Tile<'_>) + Sync,
     ) -> Vec<S> {
         let lanes = self.simd.lanes();
         let panels = queries.start / lanes..queries.end.div_ceil(lanes);
-        let panels_per_task = (TASK_QUERIES / lanes).max(1);
+        let panels_per_task = (task_queries / lanes).max(1);
         let query_tasks = panels.len().div_ceil(panels_per_task).max(1);
         let blocks = self.gallery.items.div_ceil(self.items_per_block());
         let wanted = threads::num_threads() * TASKS_PER_THREAD;
@@ -235,6 +238,7 @@ impl<'a> Scorer<'a> {
         let out_ptr = SharedOut(out.as_mut_ptr());
         self.run(
             rows,
+            TASK_QUERIES,
             |_, _| (),
             |_, tile| {
                 for l in 0..tile.queries {
@@ -306,6 +310,7 @@ pub fn topk(
     }
     let parts = scorer.run(
         0..q,
+        TOPK_TASK_QUERIES,
         |rows, _| TopKState::new(rows, k),
         |state, tile| state.consume(tile, &excluded),
     );
@@ -364,30 +369,32 @@ impl TopKState {
         let k = self.k;
         let offset = tile.first_query - self.first;
         let heaps = &mut self.heaps[offset..offset + tile.queries];
-        let mut bounds = [f32::NEG_INFINITY; 64];
+        let mut bounds = [f32::INFINITY; 64]; // lanes past the last query never hit
         let lanes = tile.lanes;
         for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
             *b = h.bound_score;
         }
         for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
-            // Cheap vectorisable test first: does any query's bound fall to this item?
-            let any = row.iter().zip(&bounds[..lanes]).fold(false, |acc, (s, b)| acc | (s > b));
-            if !any {
-                continue;
+            // One vectorisable comparison per row: which queries' bounds fall to this item?
+            let mut mask = 0u64;
+            for (l, (s, b)) in row.iter().zip(&bounds[..lanes]).enumerate() {
+                mask |= u64::from(s > b) << l;
             }
             let item = tile.first_item + i;
-            for (l, heap) in heaps.iter_mut().enumerate() {
-                let s = row[l];
-                if s <= bounds[l] {
-                    continue;
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if l >= tile.queries {
+                    break;
                 }
+                let heap = &mut heaps[l];
                 let query = tile.first_query + l;
                 if !excluded[query].is_empty()
                     && excluded[query].binary_search(&(item as i64)).is_ok()
                 {
                     continue;
                 }
-                let key = rank_key(s, item as u32);
+                let key = rank_key(row[l], item as u32);
                 if key >= heap.bound {
                     continue;
                 }
@@ -430,6 +437,7 @@ pub fn target_rank(
         (0..q).map(|i| scorer.score_one(i, targets[i] as usize)).collect();
     let parts = scorer.run(
         0..q,
+        TASK_QUERIES,
         |rows, _| (rows.start, vec![0i64; rows.len()]),
         |(first, counts), tile| {
             // Row by row over the tile, all lanes at once (vectorisable).

@@ -1,0 +1,196 @@
+"""Scoring, top-k and mining-from-features benchmarks.
+
+- scoring, T=32 (BLIP-2 style max over tokens): Q=2048, N=8192, d=256; qure.score vs torch
+  ``matmul`` + ``amax`` vs the released code's ``einsum('ik,jlk->ijl')`` + ``max``.
+- top-k, T=1: Q=4096, N=100000, d=256, k=100; qure.topk vs FAISS IndexFlatIP vs torch
+  ``matmul`` + ``topk``.
+- mining from features at FashionIQ training scale: Q=18000, N=18000, T=32, d=256, in a fresh
+  process so its peak resident memory can be reported.
+- the machine's measured FMA peak, so every GFLOP/s figure can be read as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import qure
+from qure import _core
+
+from .conftest import SMALL, THREADS, record
+
+SCORE_SHAPE = (128, 512, 32, 64) if SMALL else (2048, 8192, 32, 256)  # Q, N, T, d
+TOPK_SHAPE = (256, 5000, 64, 10) if SMALL else (4096, 100_000, 256, 100)  # Q, N, d, k
+MINE_SHAPE = (600, 600, 32, 64) if SMALL else (18_000, 18_000, 32, 256)  # Q, N, T, d
+
+
+def _unit(rng, shape):
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    return x
+
+
+@pytest.fixture(scope="module")
+def score_problem():
+    q, n, t, d = SCORE_SHAPE
+    rng = np.random.default_rng(0)
+    return _unit(rng, (q, d)), _unit(rng, (n, t, d))
+
+
+@pytest.fixture(scope="module")
+def topk_problem():
+    q, n, d, _ = TOPK_SHAPE
+    rng = np.random.default_rng(1)
+    return _unit(rng, (q, d)), _unit(rng, (n, d))
+
+
+def _gflops(flops: float, seconds: float) -> float:
+    return flops / seconds / 1e9
+
+
+def test_fma_peak(benchmark):
+    iterations = 20_000_000 if SMALL else 200_000_000
+    peak = benchmark.pedantic(_core.fma_peak_gflops, args=(iterations,), rounds=3)
+    best = max(_core.fma_peak_gflops(iterations) for _ in range(2))
+    benchmark.extra_info["gflops"] = max(peak, best)
+    record("machine", f"FMA peak ({qure.simd_kernel()}, {THREADS} threads)", best, "GFLOP/s")
+
+
+def test_score_qure(benchmark, score_problem):
+    queries, gallery = score_problem
+    q, n, t, d = SCORE_SHAPE
+    benchmark.pedantic(qure.score, args=(queries, gallery), rounds=5, warmup_rounds=1)
+    record("score T=32", "qure", _gflops(2 * q * n * t * d, benchmark.stats.stats.min), "GFLOP/s")
+
+
+def test_score_torch_matmul_amax(benchmark, score_problem):
+    torch = pytest.importorskip("torch")
+    queries, gallery = score_problem
+    q, n, t, d = SCORE_SHAPE
+    qt, gt = torch.from_numpy(queries), torch.from_numpy(gallery).reshape(n * t, d)
+
+    def run():
+        return torch.matmul(qt, gt.T).reshape(q, n, t).amax(dim=-1)
+
+    out = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    np.testing.assert_allclose(out.numpy(), qure.score(queries, gallery), rtol=1e-4, atol=1e-5)
+    record(
+        "score T=32",
+        "torch matmul+amax",
+        _gflops(2 * q * n * t * d, benchmark.stats.stats.min),
+        "GFLOP/s",
+    )
+
+
+def test_score_released_einsum(benchmark, score_problem):
+    torch = pytest.importorskip("torch")
+    queries, gallery = score_problem
+    q, n, t, d = SCORE_SHAPE
+    qt, gt = torch.from_numpy(queries), torch.from_numpy(gallery)
+
+    def run():
+        return torch.einsum("ik,jlk->ijl", qt, gt).max(dim=-1).values
+
+    benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    record(
+        "score T=32",
+        "released einsum+max",
+        _gflops(2 * q * n * t * d, benchmark.stats.stats.min),
+        "GFLOP/s",
+    )
+
+
+def test_topk_qure(benchmark, topk_problem):
+    queries, gallery = topk_problem
+    q, n, d, k = TOPK_SHAPE
+    benchmark.pedantic(qure.topk, args=(queries, gallery, k), rounds=5, warmup_rounds=1)
+    record("top-k T=1", "qure", _gflops(2 * q * n * d, benchmark.stats.stats.min), "GFLOP/s")
+
+
+def test_topk_faiss(benchmark, topk_problem):
+    faiss = pytest.importorskip("faiss")
+    queries, gallery = topk_problem
+    q, n, d, k = TOPK_SHAPE
+    index = faiss.IndexFlatIP(d)
+    index.add(gallery)
+    _, indices = benchmark.pedantic(index.search, args=(queries, k), rounds=5, warmup_rounds=1)
+    _, ours = qure.topk(queries, gallery, k)
+    assert (indices == ours).mean() > 0.999  # FAISS sums in another order: rare near-ties swap
+    record(
+        "top-k T=1",
+        "FAISS IndexFlatIP",
+        _gflops(2 * q * n * d, benchmark.stats.stats.min),
+        "GFLOP/s",
+    )
+
+
+def test_topk_torch(benchmark, topk_problem):
+    torch = pytest.importorskip("torch")
+    queries, gallery = topk_problem
+    q, n, d, k = TOPK_SHAPE
+    qt, gt = torch.from_numpy(queries), torch.from_numpy(gallery)
+
+    def run():
+        return [torch.topk(qt[i : i + 1024] @ gt.T, k, dim=1) for i in range(0, q, 1024)]
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    record(
+        "top-k T=1",
+        "torch matmul+topk",
+        _gflops(2 * q * n * d, benchmark.stats.stats.min),
+        "GFLOP/s",
+    )
+
+
+_MINE_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import numpy as np
+    import qure
+
+    q, n, t, d, threads = (int(v) for v in sys.argv[1:6])
+    qure.set_num_threads(threads)
+    rng = np.random.default_rng(2)
+    gallery = rng.standard_normal((n, t, d), dtype=np.float32)
+    gallery /= np.linalg.norm(gallery, axis=-1, keepdims=True)
+    targets = rng.integers(0, n, q)
+    # Queries near one of their target's tokens: a trained model's ranking, roughly.
+    queries = gallery[targets, 0] + 0.5 * rng.standard_normal((q, d), dtype=np.float32) / d**0.5
+    queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    mined = qure.mine_from_features(queries, gallery, targets)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "seconds": seconds,
+        "peak_rss_mb": peak / 1024,
+        "inputs_rss_mb": before / 1024,
+        "band_mean": float(mined.sizes.mean()),
+        "recall_at_10": float((mined.target_rank < 10).mean()),
+    }))
+    """
+)
+
+
+def test_mine_from_features_fashioniq_scale(benchmark):
+    q, n, t, d = MINE_SHAPE
+    args = [sys.executable, "-c", _MINE_SCRIPT, str(q), str(n), str(t), str(d), str(THREADS)]
+
+    def run():
+        out = subprocess.run(args, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    result = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    flops = 2 * q * n * t * d
+    record("mine from features", "qure seconds", result["seconds"], "s")
+    record("mine from features", "qure GFLOP/s", _gflops(flops, result["seconds"]), "GFLOP/s")
+    record("mine from features", "peak RSS, whole process", result["peak_rss_mb"], "MB")
+    record("mine from features", "RSS before mining (inputs)", result["inputs_rss_mb"], "MB")
+    record("mine from features", "mean band size", result["band_mean"], "items")
