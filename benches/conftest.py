@@ -58,9 +58,11 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"[{group}]")
         for name, (value, unit) in rows.items():
             ratio = ""
-            if base and name != "qure" and unit == base[1]:
+            if base and name != "qure" and unit == base[1] and "alone" not in name:
                 if unit == "GFLOP/s":
                     ratio = f"  (qure is {base[0] / value:.2f}x)"
+                elif unit == "MB":
+                    ratio = f"  ({value / base[0]:.1f}x qure's)"
                 else:
                     ratio = f"  (qure is {value / base[0]:.1f}x faster)"
             tr.write_line(f"  {name:<36} {value:12.4f} {unit}{ratio}")

@@ -149,30 +149,39 @@ def test_topk_torch(benchmark, topk_problem):
 
 _MINE_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     import numpy as np
     import qure
+
+    def status_mb(field):
+        # VmHWM is this process's own peak (ru_maxrss would include the parent's, across exec).
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
 
     q, n, t, d, threads = (int(v) for v in sys.argv[1:6])
     qure.set_num_threads(threads)
     rng = np.random.default_rng(2)
-    gallery = rng.standard_normal((n, t, d), dtype=np.float32)
-    gallery /= np.linalg.norm(gallery, axis=-1, keepdims=True)
+    gallery = np.empty((n, t, d), dtype=np.float32)
+    for start in range(0, n, 1000):  # in chunks: no full-size temporaries
+        part = rng.standard_normal((min(1000, n - start), t, d), dtype=np.float32)
+        part /= np.linalg.norm(part, axis=-1, keepdims=True)
+        gallery[start : start + len(part)] = part
     targets = rng.integers(0, n, q)
     # Queries near one of their target's tokens: a trained model's ranking, roughly.
     queries = gallery[targets, 0] + 0.5 * rng.standard_normal((q, d), dtype=np.float32) / d**0.5
     queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    inputs = status_mb("VmRSS")
     start = time.perf_counter()
     mined = qure.mine_from_features(queries, gallery, targets)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({
         "seconds": seconds,
-        "peak_rss_mb": peak / 1024,
-        "inputs_rss_mb": before / 1024,
+        "peak_rss_mb": status_mb("VmHWM"),
+        "inputs_rss_mb": inputs,
+        "output_mb": (mined.indices.nbytes + mined.indptr.nbytes) / 2**20,
         "band_mean": float(mined.sizes.mean()),
-        "recall_at_10": float((mined.target_rank < 10).mean()),
     }))
     """
 )
@@ -193,4 +202,53 @@ def test_mine_from_features_fashioniq_scale(benchmark):
     record("mine from features", "qure GFLOP/s", _gflops(flops, result["seconds"]), "GFLOP/s")
     record("mine from features", "peak RSS, whole process", result["peak_rss_mb"], "MB")
     record("mine from features", "RSS before mining (inputs)", result["inputs_rss_mb"], "MB")
+    record("mine from features", "output (the bands)", result["output_mb"], "MB")
     record("mine from features", "mean band size", result["band_mean"], "items")
+
+
+_SCORE_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+
+    def status_mb(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+
+    q, n, t, d = (int(v) for v in sys.argv[1:5])
+    how = sys.argv[5]
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((q, d), dtype=np.float32)
+    gallery = rng.standard_normal((n, t, d), dtype=np.float32)
+    if how == "qure":
+        import qure
+        before = status_mb("VmRSS")
+        qure.score(queries, gallery)
+    else:
+        import torch
+        qt, gt = torch.from_numpy(queries), torch.from_numpy(gallery).reshape(n * t, d)
+        before = status_mb("VmRSS")
+        torch.matmul(qt, gt.T).reshape(q, n, t).amax(dim=-1)
+    print(json.dumps({"extra_mb": status_mb("VmHWM") - before}))
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["qure", "torch"])
+def test_score_extra_memory(benchmark, how):
+    """Peak memory a T=32 scoring call adds beyond its inputs (output included), fresh process."""
+    if how == "torch":
+        pytest.importorskip("torch")
+    q, n, t, d = SCORE_SHAPE
+    args = [sys.executable, "-c", _SCORE_MEMORY_SCRIPT, str(q), str(n), str(t), str(d), how]
+
+    def run():
+        out = subprocess.run(args, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    result = benchmark.pedantic(run, rounds=1, iterations=1)
+    name = "qure" if how == "qure" else "torch matmul+amax"
+    record("score T=32 extra memory", name, result["extra_mb"], "MB")
+    record("score T=32 extra memory", f"{name}: output alone", q * n * 4 / 2**20, "MB")

@@ -52,9 +52,16 @@ pub struct Gallery<'a> {
 }
 
 fn check_finite(data: &[f32], row_len: usize, what: &'static str) -> Result<()> {
-    match data.iter().position(|v| !v.is_finite()) {
+    const CHUNK: usize = 1 << 16;
+    let bad_chunk = threads::install(|| {
+        data.par_chunks(CHUNK).position_first(|c| c.iter().any(|v| !v.is_finite()))
+    });
+    match bad_chunk {
         None => Ok(()),
-        Some(i) => Err(QureError::NonFinite { what, row: i / row_len, col: i % row_len }),
+        Some(c) => {
+            let i = c * CHUNK + data[c * CHUNK..].iter().position(|v| !v.is_finite()).unwrap_or(0);
+            Err(QureError::NonFinite { what, row: i / row_len, col: i % row_len })
+        }
     }
 }
 
