@@ -18,15 +18,22 @@ THREADS = int(os.environ.get("QURE_BENCH_THREADS", "2"))
 RESULTS: dict[str, dict[str, tuple[float, str]]] = defaultdict(dict)
 
 
-def record(group: str, name: str, seconds_per_unit: float, unit: str) -> None:
-    """Keeps a result for the end-of-run table of ratios."""
-    RESULTS[group][name] = (seconds_per_unit, unit)
+def record(group: str, name: str, value: float | None, unit: str) -> None:
+    """Keeps a result for the end-of-run table (nothing when timing is off)."""
+    if value is not None:
+        RESULTS[group][name] = (value, unit)
 
 
-def per_unit(benchmark, units: int) -> float:
-    """Best (minimum) time of a finished benchmark divided by the units of work it did."""
-    stats = benchmark.stats.stats
-    return float(stats.min) / units
+def best_seconds(benchmark) -> float | None:
+    """Best (minimum) time of a finished benchmark; None under --benchmark-disable."""
+    stats = getattr(benchmark, "stats", None)
+    return None if stats is None else float(stats.stats.min)
+
+
+def per_unit(benchmark, units: int) -> float | None:
+    """Best time divided by the units of work it did."""
+    best = best_seconds(benchmark)
+    return None if best is None else best / units
 
 
 @pytest.fixture(scope="session", autouse=True)
