@@ -4,7 +4,19 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
-__all__: list[str]
+__all__ = [
+    "__version__",
+    "fma_peak_gflops",
+    "get_num_threads",
+    "mine_from_features",
+    "mine_negatives",
+    "sample_negatives",
+    "score",
+    "set_num_threads",
+    "simd_kernel",
+    "target_rank",
+    "topk",
+]
 
 def mine_negatives(
     scores: npt.NDArray[np.float32],
@@ -57,3 +69,10 @@ def target_rank(
 ) -> npt.NDArray[np.int64]: ...
 def simd_kernel() -> str: ...
 def fma_peak_gflops(iterations: int = 200_000_000) -> float: ...
+def sample_negatives(
+    indptr: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int64],
+    seed: int,
+    queries: npt.NDArray[np.int64],
+    epoch: int,
+) -> npt.NDArray[np.int64]: ...

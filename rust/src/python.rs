@@ -224,6 +224,26 @@ fn fma_peak_gflops(py: Python<'_>, iterations: u64) -> f64 {
     })
 }
 
+/// One negative per query from its band (-1 where the band is empty), a pure function of
+/// `(seed, query, epoch)`.
+#[pyfunction]
+fn sample_negatives<'py>(
+    py: Python<'py>,
+    indptr: PyReadonlyArray1<'py, i64>,
+    indices: PyReadonlyArray1<'py, i64>,
+    seed: u64,
+    queries: PyReadonlyArray1<'py, i64>,
+    epoch: u64,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let bands = CsrRef {
+        indptr: contiguous(&indptr, "indptr")?,
+        indices: contiguous(&indices, "indices")?,
+    };
+    let queries = contiguous(&queries, "query_idx")?;
+    let drawn = py.detach(|| crate::sampler::sample(bands, seed, queries, epoch)).map_err(to_py)?;
+    Ok(drawn.into_pyarray(py))
+}
+
 /// The SIMD kernel scoring uses: "avx512", "avx2" or "portable".
 #[pyfunction]
 fn simd_kernel() -> &'static str {
@@ -250,6 +270,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(topk, m)?)?;
     m.add_function(wrap_pyfunction!(target_rank, m)?)?;
     m.add_function(wrap_pyfunction!(simd_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_negatives, m)?)?;
     m.add_function(wrap_pyfunction!(fma_peak_gflops, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

@@ -1,0 +1,52 @@
+"""Drawing one hard negative per query per epoch from mined bands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_index_vector
+from .mining import HardNegatives
+
+__all__ = ["NegativeSampler"]
+
+
+class NegativeSampler:
+    """Uniform draws from each query's band, without repeats until the band is used up.
+
+    ``sample(query_idx, epoch)`` is a pure function of ``(seed, query, epoch)``: query ``q`` walks a
+    random permutation of its band (keyed by seed, query and cycle), one step per epoch, and starts
+    a fresh permutation once the band is used up. It keeps no state, so every DataLoader worker
+    and every distributed rank draws the same negatives. Queries with an empty band get -1.
+    """
+
+    def __init__(self, negatives: HardNegatives, seed: int = 0) -> None:
+        if not isinstance(negatives, HardNegatives):
+            raise TypeError(f"negatives must be a HardNegatives, got {type(negatives).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+        if not 0 <= int(seed) < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        self.negatives = negatives
+        self.seed = int(seed)
+        self._indptr = np.ascontiguousarray(negatives.indptr, dtype=np.int64)
+        self._indices = np.ascontiguousarray(negatives.indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.negatives)
+
+    def __repr__(self) -> str:
+        return f"NegativeSampler(queries={len(self)}, seed={self.seed})"
+
+    def sample(self, query_idx: Any, epoch: int) -> np.ndarray:
+        """One negative (gallery index, int64) per query in ``query_idx``; -1 for empty bands."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise TypeError(f"epoch must be an integer, got {type(epoch).__name__}")
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        scalar = np.ndim(query_idx) == 0
+        queries = as_index_vector(np.atleast_1d(np.asarray(query_idx)), "query_idx")
+        drawn = _core.sample_negatives(self._indptr, self._indices, self.seed, queries, int(epoch))
+        return drawn[0] if scalar else drawn

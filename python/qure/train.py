@@ -1,0 +1,339 @@
+"""QuRe training: reward loss against two-steep-drop hard negatives, re-mined during training.
+
+Methods (all share the loop, the optimiser and the schedule):
+
+- ``qure``: reward (Bradley-Terry) loss, one negative per query per epoch drawn from the band
+  between the two steepest score drops after the target (``qure.mine_from_features``).
+- ``contrastive``: in-batch InfoNCE (every other target in the batch is a negative).
+- ``topk``: reward loss, negatives drawn from the K highest-scored non-targets.
+- ``random``: reward loss, negatives drawn uniformly from the corpus minus the target.
+
+As in the paper, ``qure`` and ``topk`` use random negatives for a warm-up of ``epochs // n_def``
+epochs and re-mine every ``epochs // n_def`` epochs after that (n_def = 6: for 30 epochs, at
+epochs 5, 10, 15, 20, 25). Queries whose band is empty fall back to a random negative (counted
+and logged). AdamW, cosine decay per epoch to lr/100, optional mixed precision on CUDA. A
+checkpoint is written atomically after every epoch and ``resume=True`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .mining import HardNegatives
+from .retrieval import mine_from_features, topk
+from .sampling import NegativeSampler
+from .torch import info_nce, max_token_scores, paired_scores, reward_loss
+
+__all__ = ["METHODS", "CIRTrainData", "TrainConfig", "TrainResult", "encode_split", "train"]
+
+METHODS = ("qure", "contrastive", "topk", "random")
+
+
+@dataclass
+class CIRTrainData:
+    """A training split: the image pool and the queries over it."""
+
+    images: np.ndarray  # (G, H, W, 3) uint8: every image queries refer to (the mining pool)
+    reference: np.ndarray  # (Q,) pool index of each query's reference image
+    text: np.ndarray  # (Q, L) int64 token ids, 0-padded
+    target: np.ndarray  # (Q,) pool index of each query's annotated target
+    gallery_ids: np.ndarray | None = None  # (G,) ids when the pool holds duplicates
+
+    def __post_init__(self) -> None:
+        q = len(self.target)
+        if self.reference.shape != (q,) or self.text.ndim != 2 or self.text.shape[0] != q:
+            raise ValueError("reference (Q,), text (Q, L) and target (Q,) must agree")
+        g = len(self.images)
+        for name in ("reference", "target"):
+            values = getattr(self, name)
+            if q and (values.min() < 0 or values.max() >= g):
+                raise ValueError(f"{name} holds indices outside the pool of {g} images")
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train` (defaults suit the built-in shapes benchmark on a CPU)."""
+
+    method: str = "qure"
+    epochs: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    batch_size: int = 32
+    n_def: int = 6
+    topk_k: int = 10
+    consecutive_threshold: int = 1
+    pairing: str = "consecutive"
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    log_path: str | None = None
+    progress: bool = True
+    encode_batch: int = 512
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("epochs", "batch_size", "n_def", "topk_k", "encode_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay non-negative")
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError("resume needs checkpoint_dir")
+
+    @property
+    def mining_period(self) -> int:
+        """Epochs of random warm-up, and epochs between re-minings."""
+        return max(1, self.epochs // self.n_def)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves: per-epoch log records and the last mined negatives."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    negatives: HardNegatives | None = None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _images(data: CIRTrainData, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(data.images[idx]).to(device)
+
+
+@torch.no_grad()
+def encode_split(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    reference: np.ndarray,
+    text: np.ndarray,
+    *,
+    batch: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(queries (Q, d), gallery tokens (G, T, d))`` as float32 NumPy, in eval mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        tokens = [
+            model.encode_images(torch.from_numpy(images[i : i + batch]).to(device)).float().cpu()
+            for i in range(0, len(images), batch)
+        ]
+        queries = [
+            model.encode_queries(
+                torch.from_numpy(images[reference[i : i + batch]]).to(device),
+                torch.from_numpy(text[i : i + batch]).to(device),
+            )
+            .float()
+            .cpu()
+            for i in range(0, len(reference), batch)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(queries).numpy(), torch.cat(tokens).numpy()
+
+
+def _random_negatives(n_pool: int, target: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """One uniform draw per query from the pool minus its target."""
+    rng = np.random.default_rng([seed, epoch, 0x52414E44])
+    draw = rng.integers(0, n_pool - 1, size=len(target))
+    return draw + (draw >= target)
+
+
+def _mine(
+    model: torch.nn.Module, data: CIRTrainData, config: TrainConfig, device: torch.device
+) -> HardNegatives:
+    queries, tokens = encode_split(
+        model, data.images, data.reference, data.text, batch=config.encode_batch, device=device
+    )
+    if config.method == "qure":
+        return mine_from_features(
+            queries,
+            tokens,
+            data.target,
+            consecutive_threshold=config.consecutive_threshold,
+            pairing=config.pairing,
+            gallery_ids=data.gallery_ids,
+        )
+    # topk: the K highest-scored items other than the target.
+    k = min(config.topk_k, len(data.images) - 1)
+    _, indices = topk(queries, tokens, k, exclude=data.target)
+    q = len(data)
+    return HardNegatives(
+        indptr=np.arange(0, q * k + 1, k, dtype=np.int64),
+        indices=indices.reshape(-1).astype(np.int64),
+        target_rank=np.full(q, -1, dtype=np.int64),
+        drops=np.full((q, 2), -1, dtype=np.int64),
+    )
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _negatives_state(negatives: HardNegatives | None) -> dict[str, np.ndarray] | None:
+    if negatives is None:
+        return None
+    return {f: getattr(negatives, f) for f in ("indptr", "indices", "target_rank", "drops")}
+
+
+def train(
+    model: torch.nn.Module,
+    data: CIRTrainData,
+    config: TrainConfig,
+    *,
+    evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+) -> TrainResult:
+    """Trains ``model`` in place with ``config.method`` and returns the log.
+
+    ``evaluate(model, epoch)`` (optional) is called after each epoch; its metrics are logged.
+    """
+    config.validate()
+    if len(data) == 0 or len(data.images) < 2:
+        raise ValueError("training needs at least one query and two pool images")
+    device = _device(config.device)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.epochs, eta_min=config.lr / 100
+    )
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    result = TrainResult()
+    negatives: HardNegatives | None = None
+    start_epoch = 0
+    checkpoint = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if config.resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"] + 1
+        result.history = state["history"]
+        if state["negatives"] is not None:
+            negatives = HardNegatives(**state["negatives"])
+    log = open(config.log_path, "a") if config.log_path else None  # noqa: SIM115
+    period = config.mining_period
+    n_pool = len(data.images)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            record: dict[str, Any] = {"method": config.method, "epoch": epoch, "seed": config.seed}
+            reward = config.method != "contrastive"
+            mined_now = False
+            if config.method in ("qure", "topk") and epoch >= period and epoch % period == 0:
+                negatives = _mine(model, data, config, device)
+                mined_now = True
+            sampler = (
+                NegativeSampler(negatives, seed=config.seed) if negatives is not None else None
+            )
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(data))
+            if reward:
+                fallback = _random_negatives(n_pool, data.target, config.seed, epoch)
+                if sampler is not None and config.method in ("qure", "topk"):
+                    drawn = sampler.sample(np.arange(len(data)), epoch)
+                    empty = drawn < 0
+                    epoch_negatives = np.where(empty, fallback, drawn)
+                    record["fallbacks"] = int(empty.sum())
+                else:
+                    epoch_negatives = fallback
+                    record["fallbacks"] = 0
+            model.train()
+            losses = []
+            batches = range(0, len(order), config.batch_size)
+            bar = tqdm(
+                batches,
+                desc=f"{config.method} epoch {epoch + 1}/{config.epochs}",
+                disable=not config.progress,
+                leave=False,
+            )
+            for start in bar:
+                idx = order[start : start + config.batch_size]
+                ref = _images(data, data.reference[idx], device)
+                text = torch.from_numpy(data.text[idx]).to(device)
+                targets = _images(data, data.target[idx], device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    queries = model.encode_queries(ref, text)
+                    target_tokens = model.encode_images(targets)
+                    if reward:
+                        neg_tokens = model.encode_images(
+                            _images(data, epoch_negatives[idx], device)
+                        )
+                        loss = reward_loss(
+                            paired_scores(queries, target_tokens),
+                            paired_scores(queries, neg_tokens),
+                            model.temperature,
+                        )
+                    else:
+                        loss = info_nce(max_token_scores(queries, target_tokens), model.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            record["loss"] = float(np.mean(losses))
+            record["lr"] = float(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+            if negatives is not None:
+                sizes = negatives.sizes
+                record.update(
+                    mined=mined_now,
+                    band_mean=float(sizes.mean()) if len(sizes) else math.nan,
+                    band_std=float(sizes.std()) if len(sizes) else math.nan,
+                    band_empty=int((sizes == 0).sum()),
+                )
+            if evaluate is not None:
+                record.update(evaluate(model, epoch))
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            result.history.append(record)
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if checkpoint is not None:
+                _save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch,
+                        "history": result.history,
+                        "negatives": _negatives_state(negatives),
+                        "config": asdict(config),
+                    },
+                    checkpoint,
+                )
+    finally:
+        if log is not None:
+            log.close()
+    result.negatives = negatives
+    return result

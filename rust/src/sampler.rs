@@ -1,0 +1,151 @@
+//! Negative sampling from mined bands: a pure function of `(seed, query, epoch)`.
+//!
+//! Query `q` with band `B` (size `m`) draws, at epoch `e`, `B[perm(e mod m)]` where `perm` is a
+//! pseudo-random permutation of `0..m` keyed by `(seed, q, e div m)`. So every query walks its
+//! band without repeats until the band is used up, then starts a fresh permutation; and because
+//! there is no state, every DataLoader worker and every rank draws the same negatives (the
+//! released code's no-repeat history lived in worker copies and did nothing).
+//!
+//! The permutation is a Fisher-Yates shuffle keyed by `(seed, query, cycle)`, run lazily: only
+//! its first `e mod m + 1` steps, with the swaps kept in a small sparse map, so a draw costs
+//! O(epoch) time and memory, independent of the band size.
+
+use crate::error::{QureError, Result};
+use crate::mining::CsrRef;
+
+/// SplitMix64's finaliser: a strong 64-bit mixer.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn key(seed: u64, query: u64, cycle: u64) -> u64 {
+    mix(mix(mix(seed ^ 0x5155_5245_5341_4d50) ^ query) ^ cycle.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// SplitMix64 stream with unbiased bounded draws (Lemire's method).
+struct Stream(u64);
+
+impl Stream {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+
+    /// Uniform in `0..n` (n >= 1).
+    fn below(&mut self, n: u64) -> u64 {
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let product = u128::from(self.next()) * u128::from(n);
+            if (product as u64) >= threshold {
+                return (product >> 64) as u64;
+            }
+        }
+    }
+}
+
+/// Position `position` of the uniformly random permutation of `0..n` keyed by `key`.
+pub fn permuted(n: u64, key: u64, position: u64) -> u64 {
+    debug_assert!(position < n);
+    let mut rng = Stream(key);
+    // Sparse Fisher-Yates: `swaps` holds the slots whose content is no longer their own index.
+    let mut swaps: Vec<(u64, u64)> = Vec::new();
+    let get = |swaps: &Vec<(u64, u64)>, i: u64| {
+        swaps.iter().rev().find(|&&(slot, _)| slot == i).map_or(i, |&(_, v)| v)
+    };
+    for i in 0..=position {
+        let j = i + rng.below(n - i);
+        let (vi, vj) = (get(&swaps, i), get(&swaps, j));
+        if i == position {
+            return vj;
+        }
+        swaps.push((i, vj));
+        swaps.push((j, vi));
+    }
+    unreachable!("the loop returns at i == position")
+}
+
+/// The negative drawn for `query` at `epoch`, or -1 when its band is empty.
+pub fn sample_one(bands: CsrRef<'_>, seed: u64, query: usize, epoch: u64) -> i64 {
+    let band = bands.row(query);
+    let m = band.len() as u64;
+    if m == 0 {
+        return -1;
+    }
+    band[permuted(m, key(seed, query as u64, epoch / m), epoch % m) as usize]
+}
+
+/// One draw per entry of `queries` (see the module docs).
+pub fn sample(bands: CsrRef<'_>, seed: u64, queries: &[i64], epoch: u64) -> Result<Vec<i64>> {
+    let n = bands.indptr.len().saturating_sub(1);
+    if bands.indptr.first() != Some(&0)
+        || bands.indptr.last().copied() != Some(bands.indices.len() as i64)
+        || bands.indptr.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(QureError::invalid("bands have inconsistent row offsets"));
+    }
+    queries
+        .iter()
+        .map(|&q| {
+            if q < 0 || q as u64 >= n as u64 {
+                Err(QureError::invalid(format!("query {q} is out of range for {n} queries")))
+            } else {
+                Ok(sample_one(bands, seed, q as usize, epoch))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_bijections() {
+        for n in [1u64, 2, 3, 5, 16, 17, 100, 1000] {
+            for k in 0..3 {
+                let mut seen = vec![false; n as usize];
+                for i in 0..n {
+                    let y = permuted(n, mix(k), i) as usize;
+                    assert!(!seen[y], "n={n}");
+                    seen[y] = true;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_repeats_until_the_band_is_used_up() {
+        let indptr = [0i64, 5, 5, 12];
+        let indices: Vec<i64> = (100..112).collect();
+        let bands = CsrRef { indptr: &indptr, indices: &indices };
+        for query in [0usize, 2] {
+            let m = bands.row(query).len() as u64;
+            for cycle in 0..4 {
+                let mut drawn: Vec<i64> =
+                    (cycle * m..(cycle + 1) * m).map(|e| sample_one(bands, 7, query, e)).collect();
+                drawn.sort_unstable();
+                assert_eq!(drawn, bands.row(query));
+            }
+        }
+        assert_eq!(sample_one(bands, 7, 1, 3), -1);
+        assert!(sample(bands, 7, &[3], 0).is_err());
+    }
+
+    #[test]
+    fn draws_are_roughly_uniform_over_seeds() {
+        let indptr = [0i64, 10];
+        let indices: Vec<i64> = (0..10).collect();
+        let bands = CsrRef { indptr: &indptr, indices: &indices };
+        let mut counts = [0u32; 10];
+        for seed in 0..20_000u64 {
+            counts[sample_one(bands, seed, 0, 0) as usize] += 1;
+        }
+        // Chi-square with 9 degrees of freedom: 99.9% quantile is 27.9.
+        let expected = 2000.0;
+        let chi2: f64 = counts.iter().map(|&c| (f64::from(c) - expected).powi(2) / expected).sum();
+        assert!(chi2 < 27.9, "{counts:?} chi2={chi2}");
+    }
+}
