@@ -12,11 +12,13 @@ import warnings
 from . import _core
 from .mining import HardNegatives, mine_negatives
 from .retrieval import mine_from_features, score, simd_kernel, target_rank, topk
+from .sampling import NegativeSampler
 
 __version__: str = _core.__version__
 
 __all__ = [
     "HardNegatives",
+    "NegativeSampler",
     "__version__",
     "get_num_threads",
     "mine_from_features",

@@ -360,3 +360,266 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     if array.size == 0:
         return math.nan, math.nan
     return float(array.mean()), float(array.std())
+
+
+# --------------------------------------------------------------------------------------------
+# benchmark metrics: CIRR (Recall@K, Recall_subset@K), CIRCO (mAP@K), FashionIQ (Recall@K)
+
+__all__ += [
+    "circo_map",
+    "cirr_average",
+    "cirr_recall",
+    "cirr_subset_recall",
+    "fashioniq_recall",
+]
+
+_BLOCK_ELEMENTS = 1 << 22  # score entries compared at once in cirr_recall (bounds temporary memory)
+
+
+def _cutoffs(ks: int | Iterable[int]) -> list[int]:
+    """``ks`` as a non-empty list of distinct cut-offs, each ``>= 1``."""
+    cutoffs = [_positive_int(k, "k") for k in ((ks,) if not isinstance(ks, Iterable) else ks)]
+    if not cutoffs:
+        raise ValueError("ks must name at least one cut-off")
+    return list(dict.fromkeys(cutoffs))  # repeated cut-offs count once
+
+
+def _query_indices(x: Any, name: str, n_queries: int, n_gallery: int) -> np.ndarray:
+    """``(Q,)`` int64 gallery indices, one per query, each inside the gallery."""
+    idx = _int_array(x, name, 1)
+    if idx.shape[0] != n_queries:
+        raise ValueError(
+            f"{name} has {idx.shape[0]} entries but scores has {n_queries} rows (one per query)"
+        )
+    _check_range(idx, name, n_gallery)
+    return idx
+
+
+def _cirr_inputs(
+    scores: Any, target: Any, reference: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = _real_array(scores, "scores", 2)
+    n_queries, n_gallery = values.shape
+    tgt = _query_indices(target, "target", n_queries, n_gallery)
+    ref = _query_indices(reference, "reference", n_queries, n_gallery)
+    same = tgt == ref
+    if same.any():
+        q = int(np.argmax(same))
+        raise ValueError(
+            f"query {q}: the target ({int(tgt[q])}) is the reference image, which CIRR removes "
+            "from the ranking"
+        )
+    return values, tgt, ref
+
+
+def cirr_recall(
+    scores: Any,
+    target: Any,
+    reference: Any,
+    ks: int | Iterable[int] = (1, 5, 10, 50),
+) -> dict[str, float]:
+    """CIRR Recall@K in percent, with each query's reference image removed from its ranking.
+
+    Each query's gallery is ordered by score, descending, ties by ascending gallery index (as in
+    :func:`qure.topk`); the reference image is taken out and the target's 0-based position in
+    what is left is compared with each K.
+
+    Args:
+        scores: ``(Q, G)`` scores of every query against the whole gallery.
+        target: ``(Q,)`` gallery index of each query's target.
+        reference: ``(Q,)`` gallery index of each query's reference image (never the target).
+        ks: one cut-off or several (each ``>= 1``).
+
+    Returns:
+        ``{"R@1": ..., "R@5": ..., ...}`` in ``[0, 100]``, in the order of ``ks``; NaN when there
+        are no queries.
+    """
+    cutoffs = _cutoffs(ks)
+    values, tgt, ref = _cirr_inputs(scores, target, reference)
+    n_queries, n_gallery = values.shape
+    ranks = np.empty(n_queries, dtype=np.int64)
+    columns = np.arange(n_gallery)
+    step = max(1, _BLOCK_ELEMENTS // max(n_gallery, 1))
+    for start in range(0, n_queries, step):
+        block = slice(start, start + step)
+        s, t, r = values[block], tgt[block], ref[block]
+        rows = np.arange(s.shape[0])
+        t_score = s[rows, t][:, None]
+        ahead = (s > t_score) | ((s == t_score) & (columns < t[:, None]))
+        ahead[rows, r] = False  # the reference image is not part of the ranking
+        ranks[block] = ahead.sum(axis=1)
+    return recall_at_k(ranks, cutoffs)
+
+
+def cirr_subset_recall(
+    scores: Any,
+    target: Any,
+    reference: Any,
+    members: Any,
+    ks: int | Iterable[int] = (1, 2, 3),
+) -> dict[str, float]:
+    """CIRR Recall_subset@K in percent: the target's rank among its image set's members.
+
+    Each query is ranked only against the members of its ``img_set`` (CIRR's
+    ``img_set.members``, six images including the reference) minus the reference image, by
+    score, descending, ties by ascending gallery index.
+
+    Args:
+        scores: ``(Q, G)`` scores of every query against the whole gallery.
+        target: ``(Q,)`` gallery index of each query's target; it must be one of its members.
+        reference: ``(Q,)`` gallery index of each query's reference image (never the target);
+            removed from the members when it is one of them.
+        members: per query the gallery indices of its image set: a ``(Q, M)`` array or a
+            sequence of 1-D index lists; no index may repeat within a query.
+        ks: one cut-off or several (each ``>= 1``).
+
+    Returns:
+        ``{"Rsubset@1": ..., "Rsubset@2": ..., ...}`` in ``[0, 100]``, in the order of ``ks``;
+        NaN when there are no queries.
+    """
+    cutoffs = _cutoffs(ks)
+    values, tgt, ref = _cirr_inputs(scores, target, reference)
+    n_queries, n_gallery = values.shape
+    indptr, indices = _ragged(members, "members")
+    if indptr.shape[0] - 1 != n_queries:
+        raise ValueError(
+            f"members has {indptr.shape[0] - 1} rows but scores has {n_queries} (one per query)"
+        )
+    _check_range(indices, "members", n_gallery)
+    ranks = np.empty(n_queries, dtype=np.int64)
+    for q in range(n_queries):
+        group = indices[indptr[q] : indptr[q + 1]]
+        if np.unique(group).size != group.size:
+            raise ValueError(f"members of query {q} list the same gallery index twice")
+        t = tgt[q]
+        if not (group == t).any():
+            raise ValueError(f"query {q}: the target ({int(t)}) is not one of its members")
+        group = group[group != ref[q]]
+        s = values[q, group]
+        t_score = values[q, t]
+        ranks[q] = int(np.sum((s > t_score) | ((s == t_score) & (group < t))))
+    out = recall_at_k(ranks, cutoffs)
+    return {f"Rsubset@{k}": out[f"R@{k}"] for k in cutoffs}
+
+
+def cirr_average(recall: dict[str, float], subset: dict[str, float]) -> float:
+    """CIRR's headline number, ``(R@5 + Rsubset@1) / 2``.
+
+    Args:
+        recall: the output of :func:`cirr_recall` (must hold ``"R@5"``).
+        subset: the output of :func:`cirr_subset_recall` (must hold ``"Rsubset@1"``).
+    """
+    if "R@5" not in recall:
+        raise ValueError(f"recall has no 'R@5' entry (keys: {sorted(recall)})")
+    if "Rsubset@1" not in subset:
+        raise ValueError(f"subset has no 'Rsubset@1' entry (keys: {sorted(subset)})")
+    return (float(recall["R@5"]) + float(subset["Rsubset@1"])) / 2.0
+
+
+def circo_map(
+    ranked: Any,
+    gt: Sequence[Any],
+    ks: int | Iterable[int] = (5, 10, 25, 50),
+) -> dict[str, float]:
+    """CIRCO mAP@K in percent, with several ground truths per query.
+
+    For a query with ground-truth set ``G`` and ``rel(k) = 1`` when the item at 1-based
+    position ``k`` is in ``G``::
+
+        AP@K = 1 / min(K, |G|) * sum_{k <= K} P@k * rel(k),   P@k = |G in top k| / k
+
+    (the CIRCO paper and its official evaluation), averaged over queries. CIRCO removes each
+    query's reference image from the ranking: pass ``ranked`` from a ranking that excludes it
+    (e.g. :func:`qure.topk` with ``exclude=``).
+
+    Args:
+        ranked: ``(Q, >= max(ks))`` gallery indices in rank order; ``-1`` is padding (never
+            relevant). The first ``max(ks)`` columns must not repeat an index.
+        gt: per query a non-empty 1-D list of distinct ground-truth gallery indices (``>= 0``).
+        ks: one cut-off or several (each ``>= 1``).
+
+    Returns:
+        ``{"mAP@5": ..., "mAP@10": ..., ...}`` in ``[0, 100]``, in the order of ``ks``; NaN when
+        there are no queries.
+    """
+    cutoffs = _cutoffs(ks)
+    order = _int_array(ranked, "ranked", 2)
+    n_queries, n_columns = order.shape
+    k_max = max(cutoffs)
+    if n_columns < k_max:
+        raise ValueError(f"ranked has {n_columns} columns, fewer than the largest k={k_max}")
+    if isinstance(gt, (str, bytes)) or not isinstance(gt, Iterable):
+        raise TypeError(f"gt must be a sequence with one index list per query, got {type(gt)}")
+    truths = [_int_array(g, f"gt[{q}]", 1) for q, g in enumerate(gt)]
+    if len(truths) != n_queries:
+        raise ValueError(f"gt has {len(truths)} entries but ranked has {n_queries} rows")
+    top = order[:, :k_max]
+    if top.size and top.min() < -1:
+        row = int(np.argwhere(top < -1)[0][0])
+        raise ValueError(f"ranked row {row} holds an index below -1 (only -1 may pad)")
+    srt = np.sort(top, axis=1)
+    repeated = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    if repeated.any():
+        row = int(np.argwhere(repeated)[0][0])
+        raise ValueError(f"ranked row {row} lists the same gallery index twice in its top {k_max}")
+    if n_queries == 0:
+        return {f"mAP@{k}": math.nan for k in cutoffs}
+    positions = np.arange(1, k_max + 1, dtype=np.float64)
+    ap = np.empty((n_queries, len(cutoffs)), dtype=np.float64)
+    for q, truth in enumerate(truths):
+        if truth.size == 0:
+            raise ValueError(f"gt[{q}] is empty: every CIRCO query needs a ground truth")
+        if truth.min() < 0:
+            raise ValueError(f"gt[{q}] holds a negative index ({int(truth.min())})")
+        if np.unique(truth).size != truth.size:
+            raise ValueError(f"gt[{q}] lists the same gallery index twice")
+        hits = np.isin(top[q], truth).astype(np.float64)
+        precision_hits = np.cumsum(hits) / positions * hits
+        for j, k in enumerate(cutoffs):
+            ap[q, j] = precision_hits[:k].sum() / min(k, truth.size)
+    means = ap.mean(axis=0) * 100.0
+    return {f"mAP@{k}": float(means[j]) for j, k in enumerate(cutoffs)}
+
+
+def fashioniq_recall(
+    target_rank_by_category: dict[str, Any],
+    ks: int | Iterable[int] = (10, 50),
+) -> dict[str, float]:
+    """FashionIQ Recall@K in percent per category, their means and the overall average.
+
+    Args:
+        target_rank_by_category: category name (e.g. ``"dress"``, ``"shirt"``, ``"toptee"``) to
+            the ``(Q_c,)`` 0-based target ranks of its validation queries (non-empty).
+        ks: one cut-off or several (each ``>= 1``).
+
+    Returns:
+        ``"{category}_R@{k}"`` for every category and cut-off, ``"average_R@{k}"`` the mean over
+        categories (each category weighs the same, whatever its size) and ``"average"`` the mean
+        of the ``average_R@{k}`` over ``ks`` (the paper's "overall" column for ``ks=(10, 50)``).
+    """
+    cutoffs = _cutoffs(ks)
+    if not isinstance(target_rank_by_category, dict):
+        raise TypeError(
+            "target_rank_by_category must be a dict from category name to target ranks, got "
+            f"{type(target_rank_by_category).__name__}"
+        )
+    if not target_rank_by_category:
+        raise ValueError("target_rank_by_category is empty: give at least one category")
+    out: dict[str, float] = {}
+    per_k: dict[int, list[float]] = {k: [] for k in cutoffs}
+    for category, ranks in target_rank_by_category.items():
+        if not isinstance(category, str) or not category:
+            raise ValueError(f"category names must be non-empty strings, got {category!r}")
+        if category == "average":
+            raise ValueError("'average' cannot be a category name (it names the mean)")
+        if _to_numpy(ranks).size == 0:
+            raise ValueError(f"category {category!r} has no queries")
+        recall = recall_at_k(ranks, cutoffs)
+        for k in cutoffs:
+            out[f"{category}_R@{k}"] = recall[f"R@{k}"]
+            per_k[k].append(recall[f"R@{k}"])
+    averages = [float(np.mean(per_k[k])) for k in cutoffs]
+    for k, value in zip(cutoffs, averages):
+        out[f"average_R@{k}"] = value
+    out["average"] = float(np.mean(averages))
+    return out

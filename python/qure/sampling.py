@@ -44,8 +44,8 @@ class NegativeSampler:
         """One negative (gallery index, int64) per query in ``query_idx``; -1 for empty bands."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
             raise TypeError(f"epoch must be an integer, got {type(epoch).__name__}")
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if not 0 <= epoch < 2**64:
+            raise ValueError(f"epoch must be in [0, 2**64), got {epoch}")
         scalar = np.ndim(query_idx) == 0
         queries = as_index_vector(np.atleast_1d(np.asarray(query_idx)), "query_idx")
         drawn = _core.sample_negatives(self._indptr, self._indices, self.seed, queries, int(epoch))

@@ -15,8 +15,8 @@ def _temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1:
             raise ValueError("temperature must be a scalar")
-        if bool((temperature <= 0).any()):
-            raise ValueError("temperature must be positive")
+        if not bool((temperature.detach() > 0).all()):  # also refuses NaN
+            raise ValueError(f"temperature must be positive, got {float(temperature)}")
         return temperature.reshape(())
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -55,7 +55,8 @@ def reward_loss(
     if neg_mask is not None:
         if neg_mask.shape != neg_scores.shape:
             raise ValueError("neg_mask must have the shape of neg_scores")
-        keep = torch.cat([torch.ones_like(neg_mask[:, :1]), neg_mask.bool()], dim=1)
+        mask = neg_mask.bool()
+        keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         logits = logits.masked_fill(~keep, float("-inf"))
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
@@ -73,9 +74,19 @@ def info_nce(scores: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> t
 def max_token_scores(queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``(B, M)`` scores of ``queries`` ``(B, d)`` against ``tokens`` ``(M, T, d)``: the max over
     each image's T tokens of the dot product (BLIP-2 style; differentiable)."""
+    if queries.ndim != 2 or tokens.ndim != 3 or queries.shape[1] != tokens.shape[2]:
+        raise ValueError(
+            f"expected queries (B, d) and tokens (M, T, d), got {tuple(queries.shape)} and "
+            f"{tuple(tokens.shape)}"
+        )
     return torch.einsum("bd,mtd->bmt", queries, tokens).amax(dim=-1)
 
 
 def paired_scores(queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``(B,)`` scores of query i against image i (``queries`` (B, d), ``tokens`` (B, T, d))."""
+    if queries.ndim != 2 or tokens.ndim != 3 or tokens.shape[::2] != queries.shape:
+        raise ValueError(
+            f"expected queries (B, d) and tokens (B, T, d), got {tuple(queries.shape)} and "
+            f"{tuple(tokens.shape)}"
+        )
     return torch.einsum("bd,btd->bt", queries, tokens).amax(dim=-1)

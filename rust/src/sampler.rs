@@ -10,6 +10,8 @@
 //! its first `e mod m + 1` steps, with the swaps kept in a small sparse map, so a draw costs
 //! O(epoch) time and memory, independent of the band size.
 
+use std::collections::HashMap;
+
 use crate::error::{QureError, Result};
 use crate::mining::CsrRef;
 
@@ -51,18 +53,16 @@ pub fn permuted(n: u64, key: u64, position: u64) -> u64 {
     debug_assert!(position < n);
     let mut rng = Stream(key);
     // Sparse Fisher-Yates: `swaps` holds the slots whose content is no longer their own index.
-    let mut swaps: Vec<(u64, u64)> = Vec::new();
-    let get = |swaps: &Vec<(u64, u64)>, i: u64| {
-        swaps.iter().rev().find(|&&(slot, _)| slot == i).map_or(i, |&(_, v)| v)
-    };
+    let mut swaps: HashMap<u64, u64> = HashMap::new();
     for i in 0..=position {
         let j = i + rng.below(n - i);
-        let (vi, vj) = (get(&swaps, i), get(&swaps, j));
+        let vi = swaps.get(&i).copied().unwrap_or(i);
+        let vj = swaps.get(&j).copied().unwrap_or(j);
         if i == position {
             return vj;
         }
-        swaps.push((i, vj));
-        swaps.push((j, vi));
+        swaps.insert(i, vj);
+        swaps.insert(j, vi);
     }
     unreachable!("the loop returns at i == position")
 }
