@@ -497,3 +497,28 @@ def test_bad_data():
     assert len(no_queries) == 0
     with pytest.raises(ValueError):
         train(make_model(), no_queries, config())
+
+
+@pytest.mark.parametrize("method", ["qure", "topk"])
+def test_mining_stays_inside_each_group(method):
+    """FashionIQ mines within a category: bands only hold the query's group's gallery."""
+    base = make_data()
+    g, q = base.n_gallery, len(base)
+    gallery_groups = (np.arange(g) >= g // 2).astype(np.int64)
+    targets = np.where(np.arange(q) % 2 == 0, np.arange(q) % (g // 2), g // 2 + np.arange(q) % 7)
+    query_groups = gallery_groups[targets]
+    data = CIRTrainData(
+        images=base.images,
+        reference=base.reference,
+        text=base.text,
+        target=targets,
+        query_groups=query_groups,
+        gallery_groups=gallery_groups,
+    )
+    result = train(make_model(), data, config(method=method, epochs=4, n_def=2, topk_k=5))
+    negatives = result.negatives
+    assert negatives is not None and negatives.indices.size > 0
+    for i in range(q):
+        band = negatives[i]
+        assert (gallery_groups[band] == query_groups[i]).all()
+        assert targets[i] not in band

@@ -99,6 +99,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .benchmarks import train_from_config
+
+    train_from_config(
+        args.config, resume=args.resume, progress=not args.no_progress, output=args.output
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .benchmarks import evaluate_from_config
+
+    evaluate_from_config(
+        args.config,
+        args.checkpoint,
+        split=args.split,
+        progress=not args.no_progress,
+        device=args.device,
+        output=args.output,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qure", description="QuRe hard-negative mining for composed image retrieval."
@@ -137,6 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=None)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser(
+        "train",
+        help="train on FashionIQ, CIRR or CIRCO data from a JSON config",
+        description="Train a BLIP-2 or CLIP CIR model with QuRe (or a baseline method) as the "
+        "config says; writes last.pt, train.jsonl and config.json into its output folder.",
+    )
+    train.add_argument("--config", required=True, help="e.g. configs/fashioniq.json")
+    train.add_argument("--resume", action="store_true", help="continue from output/last.pt")
+    train.add_argument("--output", default=None, help="override the config's output folder")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint as the benchmark defines (and write submission files)",
+        description="Print the benchmark's metrics for a checkpoint and write them as JSON; on "
+        "CIRR/CIRCO test splits, write the evaluation servers' submission files.",
+    )
+    evaluate.add_argument("--config", required=True)
+    evaluate.add_argument("--checkpoint", default=None, help="last.pt from qure train")
+    evaluate.add_argument("--split", default="val", choices=["val", "test"])
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--output", default=None, help="override the config's output folder")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 

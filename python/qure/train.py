@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,30 +35,67 @@ from .retrieval import mine_from_features, topk
 from .sampling import NegativeSampler
 from .torch import info_nce, max_token_scores, paired_scores, reward_loss
 
-__all__ = ["METHODS", "CIRTrainData", "TrainConfig", "TrainResult", "encode_split", "train"]
+__all__ = [
+    "METHODS",
+    "CIRTrainData",
+    "ImageSource",
+    "TrainConfig",
+    "TrainResult",
+    "encode_split",
+    "train",
+]
 
 METHODS = ("qure", "contrastive", "topk", "random")
 
 
+class ImageSource(Protocol):
+    """Images by index: an ``(N, H, W, 3)`` uint8 array, or any pool that loads and preprocesses
+    a batch (``pool[np.array([...])]`` returns an array or tensor the model's encoders take)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: np.ndarray) -> Any: ...
+
+
 @dataclass
 class CIRTrainData:
-    """A training split: the image pool and the queries over it."""
+    """A training split: an image pool and the queries over it.
 
-    images: np.ndarray  # (G, H, W, 3) uint8: every image queries refer to (the mining pool)
+    The first ``n_gallery`` pool images are the gallery (the mining pool, where negatives come
+    from); reference images that are not in the gallery may follow them. ``groups`` splits the
+    gallery and the queries into independent mining pools (FashionIQ mines within a category).
+    """
+
+    images: ImageSource  # the pool
     reference: np.ndarray  # (Q,) pool index of each query's reference image
-    text: np.ndarray  # (Q, L) int64 token ids, 0-padded
-    target: np.ndarray  # (Q,) pool index of each query's annotated target
-    gallery_ids: np.ndarray | None = None  # (G,) ids when the pool holds duplicates
+    text: np.ndarray  # (Q, L) int64 token ids (padding as the model expects)
+    target: np.ndarray  # (Q,) pool index of each query's annotated target (< n_gallery)
+    gallery_ids: np.ndarray | None = None  # (n_gallery,) ids when the gallery holds duplicates
+    n_gallery: int | None = None  # default: the whole pool
+    query_groups: np.ndarray | None = None  # (Q,) mining group of each query
+    gallery_groups: np.ndarray | None = None  # (n_gallery,) mining group of each gallery image
 
     def __post_init__(self) -> None:
         q = len(self.target)
+        if self.n_gallery is None:
+            self.n_gallery = len(self.images)
         if self.reference.shape != (q,) or self.text.ndim != 2 or self.text.shape[0] != q:
             raise ValueError("reference (Q,), text (Q, L) and target (Q,) must agree")
-        g = len(self.images)
-        for name in ("reference", "target"):
-            values = getattr(self, name)
-            if q and (values.min() < 0 or values.max() >= g):
-                raise ValueError(f"{name} holds indices outside the pool of {g} images")
+        pool, g = len(self.images), self.n_gallery
+        if not 1 <= g <= pool:
+            raise ValueError(f"n_gallery must be in 1..{pool}, got {g}")
+        if q and (self.reference.min() < 0 or self.reference.max() >= pool):
+            raise ValueError(f"reference holds indices outside the pool of {pool} images")
+        if q and (self.target.min() < 0 or self.target.max() >= g):
+            raise ValueError(f"target holds indices outside the gallery of {g} images")
+        if self.gallery_ids is not None and len(self.gallery_ids) != g:
+            raise ValueError("gallery_ids must have one entry per gallery image")
+        if (self.query_groups is None) != (self.gallery_groups is None):
+            raise ValueError("query_groups and gallery_groups go together")
+        if self.query_groups is not None and (
+            len(self.query_groups) != q or len(self.gallery_groups) != g
+        ):
+            raise ValueError("query_groups must be (Q,) and gallery_groups (n_gallery,)")
 
     def __len__(self) -> int:
         return len(self.target)
@@ -117,37 +154,54 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _batch(images: ImageSource, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    batch = images[np.asarray(idx)]
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(batch)
+    return batch.to(device)
+
+
 def _images(data: CIRTrainData, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(data.images[idx]).to(device)
+    return _batch(data.images, idx, device)
 
 
 @torch.no_grad()
 def encode_split(
     model: torch.nn.Module,
-    images: np.ndarray,
+    images: ImageSource,
     reference: np.ndarray,
     text: np.ndarray,
     *,
     batch: int = 512,
     device: torch.device | str = "cpu",
+    n_gallery: int | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(queries (Q, d), gallery tokens (G, T, d))`` as float32 NumPy, in eval mode."""
+    """``(queries (Q, d), gallery tokens (G, T, d))`` as float32 NumPy, in eval mode.
+
+    The gallery is the first ``n_gallery`` images (default all).
+    """
     device = torch.device(device)
+    g = len(images) if n_gallery is None else n_gallery
     was_training = model.training
     model.eval()
     try:
         tokens = [
-            model.encode_images(torch.from_numpy(images[i : i + batch]).to(device)).float().cpu()
-            for i in range(0, len(images), batch)
+            model.encode_images(_batch(images, np.arange(i, min(i + batch, g)), device))
+            .float()
+            .cpu()
+            for i in tqdm(range(0, g, batch), desc="encode gallery", disable=not progress)
         ]
         queries = [
             model.encode_queries(
-                torch.from_numpy(images[reference[i : i + batch]]).to(device),
+                _batch(images, reference[i : i + batch], device),
                 torch.from_numpy(text[i : i + batch]).to(device),
             )
             .float()
             .cpu()
-            for i in range(0, len(reference), batch)
+            for i in tqdm(
+                range(0, len(reference), batch), desc="encode queries", disable=not progress
+            )
         ]
     finally:
         model.train(was_training)
@@ -161,30 +215,81 @@ def _random_negatives(n_pool: int, target: np.ndarray, seed: int, epoch: int) ->
     return draw + (draw >= target)
 
 
-def _mine(
-    model: torch.nn.Module, data: CIRTrainData, config: TrainConfig, device: torch.device
+def _mine_group(
+    queries: np.ndarray,
+    tokens: np.ndarray,
+    target: np.ndarray,
+    gallery_ids: np.ndarray | None,
+    config: TrainConfig,
 ) -> HardNegatives:
-    queries, tokens = encode_split(
-        model, data.images, data.reference, data.text, batch=config.encode_batch, device=device
-    )
     if config.method == "qure":
         return mine_from_features(
             queries,
             tokens,
-            data.target,
+            target,
             consecutive_threshold=config.consecutive_threshold,
             pairing=config.pairing,
-            gallery_ids=data.gallery_ids,
+            gallery_ids=gallery_ids,
         )
     # topk: the K highest-scored items other than the target.
-    k = min(config.topk_k, len(data.images) - 1)
-    _, indices = topk(queries, tokens, k, exclude=data.target)
-    q = len(data)
+    q = len(target)
+    k = min(config.topk_k, len(tokens) - 1)
+    if k < 1:
+        return HardNegatives(
+            indptr=np.zeros(q + 1, dtype=np.int64),
+            indices=np.zeros(0, dtype=np.int64),
+            target_rank=np.full(q, -1, dtype=np.int64),
+            drops=np.full((q, 2), -1, dtype=np.int64),
+        )
+    _, indices = topk(queries, tokens, k, exclude=target)
     return HardNegatives(
         indptr=np.arange(0, q * k + 1, k, dtype=np.int64),
         indices=indices.reshape(-1).astype(np.int64),
         target_rank=np.full(q, -1, dtype=np.int64),
         drops=np.full((q, 2), -1, dtype=np.int64),
+    )
+
+
+def _mine(
+    model: torch.nn.Module, data: CIRTrainData, config: TrainConfig, device: torch.device
+) -> HardNegatives:
+    queries, tokens = encode_split(
+        model,
+        data.images,
+        data.reference,
+        data.text,
+        batch=config.encode_batch,
+        device=device,
+        n_gallery=data.n_gallery,
+        progress=config.progress,
+    )
+    if data.query_groups is None:
+        return _mine_group(queries, tokens, data.target, data.gallery_ids, config)
+    # Mine each group against its own gallery, then put the bands back in query order.
+    q = len(data)
+    bands: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * q
+    ranks = np.full(q, -1, dtype=np.int64)
+    drops = np.full((q, 2), -1, dtype=np.int64)
+    for group in np.unique(data.query_groups):
+        rows = np.nonzero(data.query_groups == group)[0]
+        cols = np.nonzero(data.gallery_groups == group)[0]
+        local = np.full(data.n_gallery, -1, dtype=np.int64)
+        local[cols] = np.arange(len(cols))
+        targets = local[data.target[rows]]
+        if (targets < 0).any():
+            raise ValueError(f"a target of mining group {group} lies outside the group's gallery")
+        ids = None if data.gallery_ids is None else data.gallery_ids[cols]
+        mined = _mine_group(queries[rows], tokens[cols], targets, ids, config)
+        for j, row in enumerate(rows):
+            bands[row] = cols[mined[j]]
+        ranks[rows] = mined.target_rank
+        drops[rows] = mined.drops
+    sizes = np.array([len(b) for b in bands], dtype=np.int64)
+    return HardNegatives(
+        indptr=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        indices=np.concatenate(bands).astype(np.int64) if q else np.zeros(0, dtype=np.int64),
+        target_rank=ranks,
+        drops=drops,
     )
 
 
@@ -212,8 +317,8 @@ def train(
     ``evaluate(model, epoch)`` (optional) is called after each epoch; its metrics are logged.
     """
     config.validate()
-    if len(data) == 0 or len(data.images) < 2:
-        raise ValueError("training needs at least one query and two pool images")
+    if len(data) == 0 or data.n_gallery < 2:
+        raise ValueError("training needs at least one query and two gallery images")
     device = _device(config.device)
     model.to(device)
     optimizer = torch.optim.AdamW(
@@ -242,7 +347,7 @@ def train(
             negatives = HardNegatives(**state["negatives"])
     log = open(config.log_path, "a") if config.log_path else None  # noqa: SIM115
     period = config.mining_period
-    n_pool = len(data.images)
+    n_pool = data.n_gallery
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()

@@ -1,0 +1,368 @@
+"""``qure train`` / ``qure evaluate`` on the paper's benchmarks (FashionIQ, CIRR, CIRCO) from a
+JSON config.
+
+A config names the dataset (official layout under ``root``), the model (``backbone`` blip2 or
+clip, ``pretrained`` a local folder or hub id, or a tiny random ``config``), the training
+settings (:class:`qure.train.TrainConfig` fields) and an output folder. Relative paths are read
+relative to the config file. See ``configs/fashioniq.json`` and ``configs/cirr.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .datasets import CIRSplit, load_circo, load_cirr, load_fashioniq
+from .metrics import circo_map, cirr_average, cirr_recall, cirr_subset_recall, fashioniq_recall
+from .models.registry import build_model
+from .retrieval import score, topk
+from .train import CIRTrainData, TrainConfig, encode_split, train
+
+__all__ = ["ImagePool", "evaluate_from_config", "load_config", "train_from_config"]
+
+DATASETS = ("fashioniq", "cirr", "circo")
+
+
+class ImagePool:
+    """Image files loaded and preprocessed on demand: ``pool[indices]`` is a batch tensor."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        batch = []
+        for i in np.atleast_1d(idx):
+            path = self.paths[int(i)]
+            if not path.is_file():
+                raise FileNotFoundError(f"image not found: {path}")
+            with Image.open(path) as image:
+                batch.append(self.transform(image.convert("RGB")))
+        return torch.stack(batch)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Reads and checks a benchmark config; paths become absolute (relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    config = json.loads(path.read_text())
+    for key in ("dataset", "model", "output"):
+        if key not in config:
+            raise ValueError(f"{path}: config needs a '{key}' entry")
+    dataset = config["dataset"]
+    if dataset.get("name") not in DATASETS:
+        raise ValueError(f"{path}: dataset.name must be one of {DATASETS}")
+    base = path.resolve().parent
+
+    def absolute(value: str) -> str:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else base / p)
+
+    dataset["root"] = absolute(dataset["root"])
+    config["output"] = absolute(config["output"])
+    pretrained = config["model"].get("pretrained")
+    if pretrained and (base / pretrained).exists():
+        config["model"]["pretrained"] = absolute(pretrained)
+    train_fields = {f.name for f in fields(TrainConfig)}
+    unknown = set(config.get("train", {})) - train_fields
+    if unknown:
+        raise ValueError(f"{path}: unknown train settings {sorted(unknown)}")
+    return config
+
+
+def _splits(config: dict[str, Any], split: str) -> dict[str, CIRSplit]:
+    """The dataset's split(s) by name (FashionIQ: one per category)."""
+    dataset = config["dataset"]
+    name, root = dataset["name"], dataset["root"]
+    if name == "fashioniq":
+        categories = tuple(dataset.get("categories", ("dress", "shirt", "toptee")))
+        return load_fashioniq(root, split, categories=categories)
+    if name == "cirr":
+        return {"cirr": load_cirr(root, "test1" if split == "test" else split)}
+    return {"circo": load_circo(root, split)}
+
+
+def _limit(split: CIRSplit, max_queries: int | None) -> CIRSplit:
+    if max_queries is None or len(split) <= max_queries:
+        return split
+    return split.subset(np.arange(max_queries))
+
+
+def _training_data(splits: dict[str, CIRSplit], model: torch.nn.Module) -> CIRTrainData:
+    """One pool for all splits: every split's gallery first, then their extra references.
+
+    Each split is its own mining group (FashionIQ mines within a category)."""
+    gallery_paths: list[Path] = []
+    extra_paths: list[Path] = []
+    offsets, extra_offsets = [], []
+    for split in splits.values():
+        offsets.append(len(gallery_paths))
+        gallery_paths += split.images[: split.n_gallery]
+    for split in splits.values():
+        extra_offsets.append(len(gallery_paths) + len(extra_paths))
+        extra_paths += split.images[split.n_gallery :]
+
+    def remap(split: CIRSplit, idx: np.ndarray, g0: int, e0: int) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        return np.where(idx < split.n_gallery, idx + g0, idx - split.n_gallery + e0)
+
+    reference, target, texts, qgroups, ggroups, ids = [], [], [], [], [], []
+    id_offset = 0
+    for group, (split, g0, e0) in enumerate(zip(splits.values(), offsets, extra_offsets)):
+        reference.append(remap(split, split.reference, g0, e0))
+        target.append(remap(split, split.target, g0, e0))
+        texts += split.texts
+        qgroups.append(np.full(len(split), group))
+        ggroups.append(np.full(split.n_gallery, group))
+        gid = split.gallery_ids if split.gallery_ids is not None else np.arange(split.n_gallery)
+        ids.append(np.asarray(gid, dtype=np.int64) + id_offset)
+        id_offset += int(np.max(gid, initial=-1)) + 1
+    if any((t < 0).any() for t in target):
+        raise ValueError("training queries need annotated targets")
+    pool = ImagePool(gallery_paths + extra_paths, model.preprocess)
+    return CIRTrainData(
+        images=pool,
+        reference=np.concatenate(reference),
+        text=model.tokenize(texts),
+        target=np.concatenate(target),
+        gallery_ids=np.concatenate(ids),
+        n_gallery=len(gallery_paths),
+        query_groups=np.concatenate(qgroups),
+        gallery_groups=np.concatenate(ggroups),
+    )
+
+
+def train_from_config(
+    path: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Trains as the config says; writes ``last.pt``, ``train.jsonl`` and ``config.json``.
+
+    ``output`` overrides the config's output folder."""
+    config = load_config(path)
+    if output is not None:
+        config["output"] = str(output)
+    out = Path(config["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    seed = int(config.get("train", {}).get("seed", 0))
+    torch.manual_seed(seed)
+    model = build_model(config["model"])
+    splits = {
+        name: _limit(split, config.get("max_queries"))
+        for name, split in _splits(config, config["dataset"].get("train_split", "train")).items()
+    }
+    data = _training_data(splits, model)
+    settings = TrainConfig(
+        **{
+            **config.get("train", {}),
+            "checkpoint_dir": str(out),
+            "log_path": str(out / "train.jsonl"),
+            "resume": resume,
+            "progress": progress,
+        }
+    )
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    print(
+        f"training {config['model'].get('backbone')} with {settings.method} on "
+        f"{config['dataset']['name']}: {len(data)} queries, {data.n_gallery} gallery images, "
+        f"{settings.epochs} epochs -> {out}"
+    )
+    result = train(model, data, settings)
+    last = result.history[-1] if result.history else {}
+    return {"output": str(out), "epochs": len(result.history), "last": last}
+
+
+def _cache_key(checkpoint: Path) -> str:
+    stat = checkpoint.stat()
+    text = f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _encode(
+    model: torch.nn.Module,
+    split: CIRSplit,
+    cache: Path | None,
+    device: torch.device,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery features; gallery features are cached per split and checkpoint."""
+    pool = ImagePool(split.images, model.preprocess)
+    text = model.tokenize(split.texts)
+    cached = None
+    if cache is not None:
+        cached = cache / (split.name.replace("/", "-") + ".gallery.npy")
+    if cached is not None and cached.is_file():
+        gallery = np.load(cached)
+        queries, _ = encode_split(
+            model, pool, split.reference, text, device=device, n_gallery=1, progress=progress
+        )
+        return queries, gallery
+    queries, gallery = encode_split(
+        model,
+        pool,
+        split.reference,
+        text,
+        device=device,
+        n_gallery=split.n_gallery,
+        progress=progress,
+    )
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, gallery)
+    return queries, gallery
+
+
+def _ranked_without_reference(
+    queries: np.ndarray, gallery: np.ndarray, split: CIRSplit, k: int
+) -> np.ndarray:
+    """Top-k gallery indices per query, the reference image removed (when in the gallery)."""
+    ref = np.where(split.reference < split.n_gallery, split.reference, -1)
+    exclude = [[r] if r >= 0 else [] for r in ref]
+    _, ranked = topk(queries, gallery, min(k, split.n_gallery), exclude=exclude)
+    if ranked.shape[1] < k:  # a gallery smaller than k: pad with -1 (no item)
+        pad = np.full((ranked.shape[0], k - ranked.shape[1]), -1, dtype=ranked.dtype)
+        ranked = np.concatenate([ranked, pad], axis=1)
+    return ranked
+
+
+def evaluate_from_config(
+    path: str | Path,
+    checkpoint: str | Path | None = None,
+    *,
+    split: str = "val",
+    progress: bool = True,
+    device: str = "auto",
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluates a trained model as the benchmark defines; writes metrics (and, for test splits,
+    the evaluation servers' submission files) into the output folder (or ``output``)."""
+    config = load_config(path)
+    if output is not None:
+        config["output"] = str(output)
+    out = Path(config["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(config["model"])
+    cache = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"] if "model" in state else state)
+        cache = out / "features" / _cache_key(checkpoint)
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    model.to(dev)
+    name = config["dataset"]["name"]
+    splits = _splits(config, split)
+    metrics: dict[str, Any] = {"dataset": name, "split": split}
+    files: list[str] = []
+    if name == "fashioniq":
+        if split == "test":
+            raise ValueError("FashionIQ's test targets are not public: evaluate on val")
+        ranks = {}
+        for category, s in splits.items():
+            queries, gallery = _encode(model, s, cache, dev, progress)
+            scores = score(queries, gallery)
+            rows = np.arange(len(s))
+            s_t = scores[rows, s.target][:, None]
+            index = np.arange(scores.shape[1])[None, :]
+            ranks[category] = (
+                (scores > s_t) | ((scores == s_t) & (index < s.target[:, None]))
+            ).sum(axis=1)
+        metrics.update(fashioniq_recall(ranks, ks=(10, 50)))
+    elif name == "cirr":
+        s = splits["cirr"]
+        queries, gallery = _encode(model, s, cache, dev, progress)
+        if split == "test":
+            files += _cirr_submission(queries, gallery, s, out)
+        else:
+            scores = score(queries, gallery)
+            recall = cirr_recall(scores, s.target, s.reference, ks=(1, 5, 10, 50))
+            subset = cirr_subset_recall(
+                scores, s.target, s.reference, s.extra["members"], ks=(1, 2, 3)
+            )
+            metrics.update(recall)
+            metrics.update(subset)
+            metrics["(R@5+Rsubset@1)/2"] = cirr_average(recall, subset)
+    else:
+        s = splits["circo"]
+        queries, gallery = _encode(model, s, cache, dev, progress)
+        ranked = _ranked_without_reference(queries, gallery, s, 50)
+        if split == "test":
+            submission = {
+                qid: [int(s.image_names[g]) for g in row if g >= 0]
+                for qid, row in zip(s.query_ids, ranked)
+            }
+            target = out / "circo_test_submission.json"
+            target.write_text(json.dumps(submission))
+            files.append(str(target))
+        else:
+            metrics.update(circo_map(ranked, s.extra["gt"], ks=(5, 10, 25, 50)))
+    metrics["files"] = files
+    result_path = out / f"metrics_{name}_{split}.json"
+    result_path.write_text(
+        json.dumps(
+            {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in metrics.items()
+            },
+            indent=2,
+        )
+    )
+    _print_metrics(metrics)
+    print(f"written: {result_path}" + "".join(f", {f}" for f in files))
+    return metrics
+
+
+def _cirr_submission(
+    queries: np.ndarray, gallery: np.ndarray, split: CIRSplit, out: Path
+) -> list[str]:
+    """The CIRR evaluation server's two files: top-50 and subset top-3 names per pairid."""
+    ranked = _ranked_without_reference(queries, gallery, split, 50)
+    names = split.image_names
+    recall = {"version": "rc2", "metric": "recall"}
+    subset = {"version": "rc2", "metric": "recall_subset"}
+    scores = score(queries, gallery)
+    for i, pairid in enumerate(split.query_ids):
+        recall[pairid] = [names[g] for g in ranked[i] if g >= 0]
+        members = [m for m in split.extra["members"][i] if m != split.reference[i]]
+        order = sorted(members, key=lambda m: (-scores[i, m], m))
+        subset[pairid] = [names[m] for m in order[:3]]
+    written = []
+    for filename, payload in (
+        ("cirr_test1_recall_submission.json", recall),
+        ("cirr_test1_recall_subset_submission.json", subset),
+    ):
+        target = out / filename
+        target.write_text(json.dumps(payload))
+        written.append(str(target))
+    return written
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "files"]
+    if not rows:
+        return
+    width = max(len(k) for k, _ in rows)
+    print(f"{metrics['dataset']} {metrics['split']}")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value:8.2f}")
