@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as qdist
 from .datasets import CIRSplit, load_circo, load_cirr, load_fashioniq
 from .metrics import circo_map, cirr_average, cirr_recall, cirr_subset_recall, fashioniq_recall
 from .models.registry import build_model
@@ -155,10 +156,23 @@ def train_from_config(
 ) -> dict[str, Any]:
     """Trains as the config says; writes ``last.pt``, ``train.jsonl`` and ``config.json``.
 
-    ``output`` overrides the config's output folder."""
+    ``output`` overrides the config's output folder. Under ``torchrun`` (``WORLD_SIZE`` > 1) it
+    starts the process group (NCCL on GPUs, gloo on CPU or with ``"device": "cpu"``) and trains
+    data-parallel; rank 0 writes the files."""
     config = load_config(path)
     if output is not None:
         config["output"] = str(output)
+    device = str(config.get("train", {}).get("device", "auto"))
+    started = qdist.init_from_env("gloo" if device == "cpu" else None)
+    try:
+        return _train_from_config(config, resume=resume, progress=progress)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def _train_from_config(config: dict[str, Any], *, resume: bool, progress: bool) -> dict[str, Any]:
+    lead = qdist.rank() == 0
     out = Path(config["output"])
     out.mkdir(parents=True, exist_ok=True)
     seed = int(config.get("train", {}).get("seed", 0))
@@ -178,12 +192,14 @@ def train_from_config(
             "progress": progress,
         }
     )
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    print(
-        f"training {config['model'].get('backbone')} with {settings.method} on "
-        f"{config['dataset']['name']}: {len(data)} queries, {data.n_gallery} gallery images, "
-        f"{settings.epochs} epochs -> {out}"
-    )
+    if lead:
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        ranks = f" on {qdist.world_size()} ranks" if qdist.is_distributed() else ""
+        print(
+            f"training {config['model'].get('backbone')} with {settings.method} on "
+            f"{config['dataset']['name']}: {len(data)} queries, {data.n_gallery} gallery images, "
+            f"{settings.epochs} epochs{ranks} -> {out}"
+        )
     result = train(model, data, settings)
     last = result.history[-1] if result.history else {}
     return {"output": str(out), "epochs": len(result.history), "last": last}

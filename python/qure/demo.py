@@ -383,7 +383,8 @@ def _plots(
     relevance = bench.train.relevance[q][order]
     same = np.nonzero(relevance >= SAME_DESIGN)[0]
     ax.scatter(same, row[0][order][same], color="blue", s=12, zorder=3, label="same design")
-    ax.set_xlabel("rank")
+    ax.set_xscale("symlog", linthresh=10)  # the head of the ranking, where the drops usually are
+    ax.set_xlabel("rank (log scale past 10)")
     ax.set_ylabel("score")
     ax.set_title(f"train query 0: {bench.train.texts[q]!r}")
     ax.legend(fontsize=8)

@@ -118,6 +118,52 @@ def _check_count(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class MiningArguments:
+    """The rule's settings, checked and converted for the native core (shared by every entry
+    point that mines: scores, features, sharded)."""
+
+    consecutive_threshold: int
+    pairing: str
+    max_rank: int | None
+    positives_indptr: np.ndarray | None
+    positives_indices: np.ndarray | None
+    gallery_ids: np.ndarray | None
+
+    @classmethod
+    def check(
+        cls,
+        n_queries: int,
+        n_gallery: int,
+        *,
+        consecutive_threshold: Any = 1,
+        pairing: Any = "consecutive",
+        max_rank: Any = None,
+        positives: Any = None,
+        gallery_ids: Any = None,
+    ) -> MiningArguments:
+        threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0)
+        if pairing not in _PAIRINGS:
+            raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
+        rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1)
+        pos_indptr = pos_indices = None
+        if positives is not None:
+            pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
+        ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
+        return cls(threshold, pairing, rank_limit, pos_indptr, pos_indices, ids)
+
+    def native(self) -> tuple[Any, ...]:
+        """The positional arguments the native mining functions take after the targets."""
+        return (
+            self.consecutive_threshold,
+            self.pairing,
+            self.max_rank,
+            self.positives_indptr,
+            self.positives_indices,
+            self.gallery_ids,
+        )
+
+
 def mine_negatives(
     scores: Any,
     target_idx: Any,
@@ -153,22 +199,14 @@ def mine_negatives(
         raise ValueError(
             f"target_idx has {targets.shape[0]} entries but scores have {n_queries} rows"
         )
-    threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0)
-    if pairing not in _PAIRINGS:
-        raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
-    rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1)
-    pos_indptr = pos_indices = None
-    if positives is not None:
-        pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
-    ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
-    indptr, indices, target_rank, drops = _core.mine_negatives(
-        matrix,
-        targets,
-        threshold,
-        pairing,
-        rank_limit,
-        pos_indptr,
-        pos_indices,
-        ids,
+    args = MiningArguments.check(
+        n_queries,
+        n_gallery,
+        consecutive_threshold=consecutive_threshold,
+        pairing=pairing,
+        max_rank=max_rank,
+        positives=positives,
+        gallery_ids=gallery_ids,
     )
+    indptr, indices, target_rank, drops = _core.mine_negatives(matrix, targets, *args.native())
     return HardNegatives(indptr=indptr, indices=indices, target_rank=target_rank, drops=drops)

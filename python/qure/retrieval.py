@@ -15,12 +15,11 @@ import numpy as np
 from . import _core
 from ._arrays import (
     as_float32_matrix,
-    as_ids,
     as_index_vector,
     as_ragged_indices,
     is_torch_tensor,
 )
-from .mining import _PAIRINGS, HardNegatives, Pairing, _check_count
+from .mining import HardNegatives, MiningArguments, Pairing, _check_count
 
 __all__ = ["mine_from_features", "score", "simd_kernel", "target_rank", "topk"]
 
@@ -106,18 +105,17 @@ def mine_from_features(
     q, g = _features(queries, gallery)
     n_queries, n_gallery = q.shape[0], g.shape[0]
     targets = as_index_vector(target_idx, "target_idx", length=n_queries)
-    threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0)
-    if pairing not in _PAIRINGS:
-        raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
-    rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1)
-    block = None if block_size is None else _check_count(block_size, "block_size", 1)
-    pos_indptr = pos_indices = None
-    if positives is not None:
-        pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
-    ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
-    indptr, indices, ranks, drops = _core.mine_from_features(
-        q, g, targets, threshold, pairing, rank_limit, pos_indptr, pos_indices, ids, block
+    args = MiningArguments.check(
+        n_queries,
+        n_gallery,
+        consecutive_threshold=consecutive_threshold,
+        pairing=pairing,
+        max_rank=max_rank,
+        positives=positives,
+        gallery_ids=gallery_ids,
     )
+    block = None if block_size is None else _check_count(block_size, "block_size", 1)
+    indptr, indices, ranks, drops = _core.mine_from_features(q, g, targets, *args.native(), block)
     return HardNegatives(indptr=indptr, indices=indices, target_rank=ranks, drops=drops)
 
 

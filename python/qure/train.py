@@ -13,6 +13,7 @@ epochs and re-mine every ``epochs // n_def`` epochs after that (n_def = 6: for 3
 epochs 5, 10, 15, 20, 25). Queries whose band is empty fall back to a random negative (counted
 and logged). AdamW, cosine decay per epoch to lr/100, optional mixed precision on CUDA. A
 checkpoint is written atomically after every epoch and ``resume=True`` continues exactly.
+Under ``torchrun`` training is data-parallel (DDP) and mining is sharded (:mod:`qure.distributed`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as qdist
 from .mining import HardNegatives
 from .retrieval import mine_from_features, topk
 from .sampling import NegativeSampler
@@ -176,21 +178,32 @@ def encode_split(
     device: torch.device | str = "cpu",
     n_gallery: int | None = None,
     progress: bool = False,
+    gallery_rows: range | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(queries (Q, d), gallery tokens (G, T, d))`` as float32 NumPy, in eval mode.
 
-    The gallery is the first ``n_gallery`` images (default all).
+    The gallery is the first ``n_gallery`` images (default all); ``gallery_rows`` encodes only
+    those pool images instead (a rank's gallery shard).
     """
     device = torch.device(device)
     g = len(images) if n_gallery is None else n_gallery
+    rows = range(g) if gallery_rows is None else gallery_rows
+    # An empty share (more ranks than items) still needs the feature shapes: encode one, keep 0.
+    keep_gallery, keep_queries = len(rows), len(reference)
+    if not keep_gallery:
+        rows = range(0, 1)
+    if not keep_queries and len(images):
+        reference, text = np.zeros(1, dtype=np.int64), np.zeros((1, text.shape[1]), text.dtype)
     was_training = model.training
     model.eval()
     try:
         tokens = [
-            model.encode_images(_batch(images, np.arange(i, min(i + batch, g)), device))
+            model.encode_images(_batch(images, np.arange(i, min(i + batch, rows.stop)), device))
             .float()
             .cpu()
-            for i in tqdm(range(0, g, batch), desc="encode gallery", disable=not progress)
+            for i in tqdm(
+                range(rows.start, rows.stop, batch), desc="encode gallery", disable=not progress
+            )
         ]
         queries = [
             model.encode_queries(
@@ -205,7 +218,7 @@ def encode_split(
         ]
     finally:
         model.train(was_training)
-    return torch.cat(queries).numpy(), torch.cat(tokens).numpy()
+    return torch.cat(queries)[:keep_queries].numpy(), torch.cat(tokens)[:keep_gallery].numpy()
 
 
 def _random_negatives(n_pool: int, target: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -253,29 +266,57 @@ def _mine_group(
 def _mine(
     model: torch.nn.Module, data: CIRTrainData, config: TrainConfig, device: torch.device
 ) -> HardNegatives:
+    """Encodes and mines the training split. Under torch.distributed each rank encodes its
+    shares of the queries and the gallery, the gallery features are gathered, each rank mines
+    its queries and the bands are gathered: the result equals the one-process one."""
+    query_rows = qdist.shard(len(data))  # everything outside a process group
+    gallery_rows = qdist.shard(data.n_gallery)
     queries, tokens = encode_split(
         model,
         data.images,
-        data.reference,
-        data.text,
+        data.reference[query_rows.start : query_rows.stop],
+        data.text[query_rows.start : query_rows.stop],
         batch=config.encode_batch,
         device=device,
         n_gallery=data.n_gallery,
-        progress=config.progress,
+        progress=config.progress and qdist.rank() == 0,
+        gallery_rows=gallery_rows,
     )
+    if not qdist.is_distributed():
+        return _mine_rows(queries, tokens, data, query_rows, config)
+    tokens = qdist.all_gather_array(tokens)
+    mined, error = None, None
+    try:
+        mined = _mine_rows(queries, tokens, data, query_rows, config)
+    except ValueError as exc:  # raised on every rank, not on one while the others wait
+        error = exc
+    qdist.raise_together(error)
+    return qdist.gather_hard_negatives(mined)
+
+
+def _mine_rows(
+    queries: np.ndarray,
+    tokens: np.ndarray,
+    data: CIRTrainData,
+    query_rows: range,
+    config: TrainConfig,
+) -> HardNegatives:
+    """Bands of the queries ``query_rows`` (features ``queries``) against the whole gallery."""
+    target = data.target[query_rows.start : query_rows.stop]
     if data.query_groups is None:
-        return _mine_group(queries, tokens, data.target, data.gallery_ids, config)
+        return _mine_group(queries, tokens, target, data.gallery_ids, config)
     # Mine each group against its own gallery, then put the bands back in query order.
-    q = len(data)
+    query_groups = data.query_groups[query_rows.start : query_rows.stop]
+    q = len(target)
     bands: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * q
     ranks = np.full(q, -1, dtype=np.int64)
     drops = np.full((q, 2), -1, dtype=np.int64)
-    for group in np.unique(data.query_groups):
-        rows = np.nonzero(data.query_groups == group)[0]
+    for group in np.unique(query_groups):
+        rows = np.nonzero(query_groups == group)[0]
         cols = np.nonzero(data.gallery_groups == group)[0]
         local = np.full(data.n_gallery, -1, dtype=np.int64)
         local[cols] = np.arange(len(cols))
-        targets = local[data.target[rows]]
+        targets = local[target[rows]]
         if (targets < 0).any():
             raise ValueError(f"a target of mining group {group} lies outside the group's gallery")
         ids = None if data.gallery_ids is None else data.gallery_ids[cols]
@@ -315,11 +356,23 @@ def train(
     """Trains ``model`` in place with ``config.method`` and returns the log.
 
     ``evaluate(model, epoch)`` (optional) is called after each epoch; its metrics are logged.
+
+    Inside a ``torch.distributed`` process group of several ranks (``torchrun``; see
+    :mod:`qure.distributed`) training is data-parallel with the same result as one process with
+    the same ``batch_size`` (the global batch; up to float rounding): every rank takes a slice of
+    each batch under ``DistributedDataParallel``, mining is sharded over the ranks, only rank 0
+    writes the log and the checkpoint, and ``evaluate`` is called on every rank.
     """
     config.validate()
     if len(data) == 0 or data.n_gallery < 2:
         raise ValueError("training needs at least one query and two gallery images")
     device = _device(config.device)
+    distributed = qdist.is_distributed()
+    world, rank = qdist.world_size(), qdist.rank()
+    lead = rank == 0  # writes the log and the checkpoint, shows progress
+    if distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", qdist.local_rank())
+        torch.cuda.set_device(device)
     model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -345,9 +398,15 @@ def train(
         result.history = state["history"]
         if state["negatives"] is not None:
             negatives = HardNegatives(**state["negatives"])
-    log = open(config.log_path, "a") if config.log_path else None  # noqa: SIM115
+    log = open(config.log_path, "a") if config.log_path and lead else None  # noqa: SIM115
     period = config.mining_period
     n_pool = data.n_gallery
+    # Data-parallel: every rank takes a contiguous slice of each global batch (see ShardLoss).
+    shard_loss = (
+        qdist.wrap_ddp(qdist.ShardLoss(model, config.method != "contrastive"), device)
+        if distributed
+        else None
+    )
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
@@ -377,35 +436,52 @@ def train(
             bar = tqdm(
                 batches,
                 desc=f"{config.method} epoch {epoch + 1}/{config.epochs}",
-                disable=not config.progress,
+                disable=not (config.progress and lead),
                 leave=False,
             )
             for start in bar:
                 idx = order[start : start + config.batch_size]
+                if shard_loss is not None:  # this rank's slice of the global batch
+                    part = qdist.shard(len(idx), rank, world)
+                    counts = [len(qdist.shard(len(idx), r, world)) for r in range(world)]
+                    weight = len(part) * world / len(idx)
+                    # An empty slice runs one stand-in item with weight 0 (DDP needs a step).
+                    idx = idx[part.start : part.stop] if len(part) else idx[:1]
                 ref = _images(data, data.reference[idx], device)
                 text = torch.from_numpy(data.text[idx]).to(device)
                 targets = _images(data, data.target[idx], device)
                 with torch.autocast(device.type, enabled=use_amp):
-                    queries = model.encode_queries(ref, text)
-                    target_tokens = model.encode_images(targets)
-                    if reward:
-                        neg_tokens = model.encode_images(
-                            _images(data, epoch_negatives[idx], device)
-                        )
-                        loss = reward_loss(
-                            paired_scores(queries, target_tokens),
-                            paired_scores(queries, neg_tokens),
-                            model.temperature,
-                        )
+                    if shard_loss is not None:
+                        negs = _images(data, epoch_negatives[idx], device) if reward else None
+                        loss = shard_loss(ref, text, targets, negs, weight, counts, part.start)
                     else:
-                        loss = info_nce(max_token_scores(queries, target_tokens), model.temperature)
+                        queries = model.encode_queries(ref, text)
+                        target_tokens = model.encode_images(targets)
+                        if reward:
+                            neg_tokens = model.encode_images(
+                                _images(data, epoch_negatives[idx], device)
+                            )
+                            loss = reward_loss(
+                                paired_scores(queries, target_tokens),
+                                paired_scores(queries, neg_tokens),
+                                model.temperature,
+                            )
+                        else:
+                            loss = info_nce(
+                                max_token_scores(queries, target_tokens), model.temperature
+                            )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                losses.append(float(loss.detach()))
+                # Under DDP, loss / world is this rank's part of the global batch's mean loss.
+                losses.append(float(loss.detach()) / world)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            record["loss"] = float(np.mean(losses))
+            record["loss"] = (
+                qdist.all_reduce_sum(float(np.sum(losses))) / len(losses)
+                if distributed
+                else float(np.mean(losses))
+            )
             record["lr"] = float(optimizer.param_groups[0]["lr"])
             scheduler.step()
             if negatives is not None:
@@ -423,7 +499,7 @@ def train(
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if checkpoint is not None:
+            if checkpoint is not None and lead:
                 _save_atomic(
                     {
                         "model": model.state_dict(),
@@ -437,6 +513,8 @@ def train(
                     },
                     checkpoint,
                 )
+            if checkpoint is not None:
+                qdist.barrier()  # no rank runs ahead of the checkpoint (e.g. to resume from it)
     finally:
         if log is not None:
             log.close()
