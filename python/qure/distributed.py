@@ -562,7 +562,9 @@ def all_gather_with_grad(x: torch.Tensor, counts: Sequence[int]) -> torch.Tensor
     the gradient for its rows, so a loss summed over ranks differentiates as in one process.
     """
     if not is_distributed():
-        return x[: counts[0]]
+        # The tensor itself when whole: an extra slice node would reorder gradient accumulation
+        # and change one-process results at the rounding level.
+        return x if x.shape[0] == counts[0] else x[: counts[0]]
     longest = max(max(counts), 1)
     if x.shape[0] >= longest:
         padded = x[:longest]
@@ -573,7 +575,8 @@ def all_gather_with_grad(x: torch.Tensor, counts: Sequence[int]) -> torch.Tensor
 
 
 class ShardLoss(nn.Module):
-    """One rank's share of a global batch's loss, to be wrapped in ``DistributedDataParallel``.
+    """One rank's share of a global batch's loss (wrapped in ``DistributedDataParallel`` under
+    torch.distributed; a single process uses it as it is, with the whole batch and weight 1).
 
     ``forward(reference, text, targets, negatives, weight, counts, offset)`` encodes this rank's
     slice of the batch through the model (so DDP sees the forward and synchronises gradients)
@@ -610,9 +613,10 @@ class ShardLoss(nn.Module):
         if self.reward:
             if negatives is None:
                 raise ValueError("reward methods need negatives")
+            negative_tokens = model.encode_images(negatives)  # before scoring: a fixed graph order
             loss = reward_loss(
                 paired_scores(queries, target_tokens),
-                paired_scores(queries, model.encode_images(negatives)),
+                paired_scores(queries, negative_tokens),
                 model.temperature,
             )
         else:
@@ -620,7 +624,7 @@ class ShardLoss(nn.Module):
             scores = max_token_scores(queries, everyone)
             labels = torch.arange(queries.shape[0], device=scores.device) + offset
             labels = labels.clamp(max=scores.shape[1] - 1)  # a weight-0 stand-in item
-            loss = F.cross_entropy(scores / model.temperature, labels)
+            loss = F.cross_entropy(scores / model.temperature.reshape(()), labels)
         return loss * weight
 
 

@@ -35,7 +35,6 @@ from . import distributed as qdist
 from .mining import HardNegatives
 from .retrieval import mine_from_features, topk
 from .sampling import NegativeSampler
-from .torch import info_nce, max_token_scores, paired_scores, reward_loss
 
 __all__ = [
     "METHODS",
@@ -401,12 +400,11 @@ def train(
     log = open(config.log_path, "a") if config.log_path and lead else None  # noqa: SIM115
     period = config.mining_period
     n_pool = data.n_gallery
-    # Data-parallel: every rank takes a contiguous slice of each global batch (see ShardLoss).
-    shard_loss = (
-        qdist.wrap_ddp(qdist.ShardLoss(model, config.method != "contrastive"), device)
-        if distributed
-        else None
-    )
+    # One loss for one process and for DDP: every rank takes a contiguous slice of each global
+    # batch (a single process takes all of it); see ShardLoss for why the gradients agree.
+    batch_loss: torch.nn.Module = qdist.ShardLoss(model, reward=config.method != "contrastive")
+    if distributed:
+        batch_loss = qdist.wrap_ddp(batch_loss, device)
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
@@ -441,35 +439,17 @@ def train(
             )
             for start in bar:
                 idx = order[start : start + config.batch_size]
-                if shard_loss is not None:  # this rank's slice of the global batch
-                    part = qdist.shard(len(idx), rank, world)
-                    counts = [len(qdist.shard(len(idx), r, world)) for r in range(world)]
-                    weight = len(part) * world / len(idx)
-                    # An empty slice runs one stand-in item with weight 0 (DDP needs a step).
-                    idx = idx[part.start : part.stop] if len(part) else idx[:1]
+                part = qdist.shard(len(idx), rank, world)  # this rank's slice of the batch
+                counts = [len(qdist.shard(len(idx), r, world)) for r in range(world)]
+                weight = len(part) * world / len(idx)
+                # An empty slice runs one stand-in item with weight 0 (DDP needs a step).
+                idx = idx[part.start : part.stop] if len(part) else idx[:1]
                 ref = _images(data, data.reference[idx], device)
                 text = torch.from_numpy(data.text[idx]).to(device)
                 targets = _images(data, data.target[idx], device)
+                negs = _images(data, epoch_negatives[idx], device) if reward else None
                 with torch.autocast(device.type, enabled=use_amp):
-                    if shard_loss is not None:
-                        negs = _images(data, epoch_negatives[idx], device) if reward else None
-                        loss = shard_loss(ref, text, targets, negs, weight, counts, part.start)
-                    else:
-                        queries = model.encode_queries(ref, text)
-                        target_tokens = model.encode_images(targets)
-                        if reward:
-                            neg_tokens = model.encode_images(
-                                _images(data, epoch_negatives[idx], device)
-                            )
-                            loss = reward_loss(
-                                paired_scores(queries, target_tokens),
-                                paired_scores(queries, neg_tokens),
-                                model.temperature,
-                            )
-                        else:
-                            loss = info_nce(
-                                max_token_scores(queries, target_tokens), model.temperature
-                            )
+                    loss = batch_loss(ref, text, targets, negs, weight, counts, part.start)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
