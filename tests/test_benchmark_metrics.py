@@ -265,3 +265,13 @@ def test_fashioniq_recall_hand_worked() -> None:
 def test_fashioniq_recall_bad_input(ranks, match) -> None:
     with pytest.raises(ValueError, match=match):
         fashioniq_recall({k: np.asarray(v, dtype=np.int64) for k, v in ranks.items()})
+
+
+def test_target_ranks_break_ties_by_index_and_skip_excluded_items():
+    from qure.metrics import target_ranks
+
+    scores = np.array([[0.5, 0.9, 0.5, 0.1], [0.2, 0.2, 0.2, 0.3]])
+    # Row 0: item 1 is ahead of target 2, and so is item 0 (same score, lower index).
+    # Row 1: target 1 ties with item 0 (lower index, ahead) and trails item 3.
+    np.testing.assert_array_equal(target_ranks(scores, [2, 1]), [2, 2])
+    np.testing.assert_array_equal(target_ranks(scores, [2, 1], exclude=[1, 3]), [1, 1])

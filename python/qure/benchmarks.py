@@ -24,7 +24,7 @@ from . import distributed as qdist
 from .datasets import CIRSplit, load_circo, load_cirr, load_fashioniq
 from .metrics import circo_map, cirr_average, cirr_recall, cirr_subset_recall, fashioniq_recall
 from .models.registry import build_model
-from .retrieval import score, topk
+from .retrieval import score, target_rank, topk
 from .train import CIRTrainData, TrainConfig, encode_split, train
 
 __all__ = ["ImagePool", "evaluate_from_config", "load_config", "train_from_config"]
@@ -297,13 +297,7 @@ def evaluate_from_config(
         ranks = {}
         for category, s in splits.items():
             queries, gallery = _encode(model, s, cache, dev, progress)
-            scores = score(queries, gallery)
-            rows = np.arange(len(s))
-            s_t = scores[rows, s.target][:, None]
-            index = np.arange(scores.shape[1])[None, :]
-            ranks[category] = (
-                (scores > s_t) | ((scores == s_t) & (index < s.target[:, None]))
-            ).sum(axis=1)
+            ranks[category] = target_rank(queries, gallery, s.target)  # no Q x N matrix
         metrics.update(fashioniq_recall(ranks, ks=(10, 50)))
     elif name == "cirr":
         s = splits["cirr"]

@@ -34,6 +34,7 @@ from .metrics import (
     preference_rate,
     recall_at_k,
     summarize,
+    target_ranks,
 )
 from .mining import mine_negatives
 from .models import TinyCIRModel
@@ -74,25 +75,19 @@ def _train_data(bench: ShapesBenchmark, split: ShapesSplit) -> CIRTrainData:
     )
 
 
-def _scores_without_reference(model: torch.nn.Module, data: CIRTrainData) -> np.ndarray:
-    """(Q, G) scores with each query's reference image removed (-inf), as CIRR evaluates."""
+def _split_scores(model: torch.nn.Module, data: CIRTrainData) -> np.ndarray:
+    """(Q, G) scores of a split's queries against its gallery."""
     queries, tokens = encode_split(model, data.images, data.reference, data.text)
-    scores = score(queries, tokens)
-    scores[np.arange(len(data)), data.reference] = -np.inf
-    return scores
+    return score(queries, tokens)
 
 
-def _ranked(scores: np.ndarray, k: int) -> np.ndarray:
-    """Top-k gallery indices per row: score descending, ties by ascending index."""
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores))
+def _ranked(scores: np.ndarray, k: int, reference: np.ndarray) -> np.ndarray:
+    """Top-k gallery indices per row (score descending, ties by ascending index), each query's
+    reference image removed, as CIRR evaluates."""
+    masked = scores.copy()
+    masked[np.arange(len(reference)), reference] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -masked))
     return order[:, :k]
-
-
-def _target_rank(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
-    rows = np.arange(len(target))
-    s_t = scores[rows, target][:, None]
-    index = np.arange(scores.shape[1])[None, :]
-    return ((scores > s_t) | ((scores == s_t) & (index < target[:, None]))).sum(axis=1)
 
 
 def _used_negatives(
@@ -116,14 +111,14 @@ def _evaluate(
     relevance: np.ndarray,
     system_sets: list[np.ndarray],
 ) -> dict[str, float]:
-    scores = _scores_without_reference(model, test)
-    metrics = recall_at_k(_target_rank(scores, test.target), ks=(1, 5, 10, 50))
-    metrics["nDCG@10"] = ndcg_at_k(_ranked(scores, 10), relevance, k=10)
+    scores = _split_scores(model, test)
+    ranks = target_ranks(scores, test.target, exclude=test.reference)
+    metrics = recall_at_k(ranks, ks=(1, 5, 10, 50))
+    metrics["nDCG@10"] = ndcg_at_k(_ranked(scores, 10, test.reference), relevance, k=10)
     agree = pairs = 0.0
-    finite = np.where(np.isfinite(scores), scores, np.nanmin(scores[np.isfinite(scores)]) - 1)
     for a in range(len(system_sets)):
         for b in range(a + 1, len(system_sets)):
-            result = preference_rate(finite, system_sets[a], system_sets[b], relevance)
+            result = preference_rate(scores, system_sets[a], system_sets[b], relevance)
             if result["pairs"]:
                 agree += result["preference_rate"] / 100 * result["pairs"]
                 pairs += result["pairs"]
@@ -193,11 +188,13 @@ def run_demo(
 
     def validate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         """Per-epoch validation metrics for the training log."""
-        scores = _scores_without_reference(model, val_data)
-        ranks = _target_rank(scores, val_data.target)
+        scores = _split_scores(model, val_data)
+        ranks = target_ranks(scores, val_data.target, exclude=val_data.reference)
         return {
             "val_R@10": recall_at_k(ranks, ks=(10,))["R@10"],
-            "val_nDCG@10": ndcg_at_k(_ranked(scores, 10), bench.val.relevance, k=10),
+            "val_nDCG@10": ndcg_at_k(
+                _ranked(scores, 10, val_data.reference), bench.val.relevance, k=10
+            ),
         }
 
     say(
@@ -231,7 +228,7 @@ def run_demo(
     for state in snapshots[-4:]:
         system = TinyCIRModel(len(bench.vocab))
         system.load_state_dict(state)
-        system_sets.append(_ranked(_scores_without_reference(system, test_data), 5))
+        system_sets.append(_ranked(_split_scores(system, test_data), 5, test_data.reference))
 
     results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in METHODS}
     start_metrics = _evaluate(start_model, test_data, bench.test.relevance, system_sets)
@@ -393,8 +390,7 @@ def _plots(
     plt.close(fig)
     written.append("score_curve.png")
 
-    scores = _scores_without_reference(model, test_data)
-    top = _ranked(scores, 10)
+    top = _ranked(_split_scores(model, test_data), 10, test_data.reference)
     n_rows = 3
     fig, axes = plt.subplots(n_rows, 11, figsize=(14, 1.6 * n_rows + 0.6))
     for r in range(n_rows):

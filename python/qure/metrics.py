@@ -3,7 +3,8 @@
 All functions take NumPy arrays or torch tensors (converted to NumPy; nothing here needs torch)
 and compute in float64:
 
-* :func:`recall_at_k`: Recall@K in percent from the target ranks (FashionIQ, CIRR).
+* :func:`recall_at_k`: Recall@K in percent from the target ranks (FashionIQ, CIRR);
+  :func:`target_ranks`: those ranks from a score matrix.
 * :func:`ndcg_at_k`: nDCG@K of ranked lists against graded relevance.
 * :func:`false_negative_rate`, :func:`band_stats`: how clean and how large mined bands are.
 * :func:`set_scores`, :func:`preference_rate`: the HP-FashionIQ preference rate (QuRe, Eq. 8-9)
@@ -28,6 +29,7 @@ __all__ = [
     "recall_at_k",
     "set_scores",
     "summarize",
+    "target_ranks",
 ]
 
 
@@ -373,7 +375,8 @@ __all__ += [
     "fashioniq_recall",
 ]
 
-_BLOCK_ELEMENTS = 1 << 22  # score entries compared at once in cirr_recall (bounds temporary memory)
+# Score entries compared at once in target_ranks (bounds temporary memory).
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def _cutoffs(ks: int | Iterable[int]) -> list[int]:
@@ -412,6 +415,33 @@ def _cirr_inputs(
     return values, tgt, ref
 
 
+def target_ranks(scores: Any, target: Any, exclude: Any = None) -> np.ndarray:
+    """``(Q,)`` 0-based rank of each query's target in its row of ``scores`` ``(Q, G)``.
+
+    Score descending, ties by ascending gallery index (as :func:`qure.topk` and
+    :func:`qure.target_rank` rank); ``exclude`` (``(Q,)`` gallery indices, e.g. CIRR's reference
+    images) takes one item per query out of the ranking. Rows are compared in blocks, so the
+    temporary memory stays bounded.
+    """
+    values = _real_array(scores, "scores", 2)
+    n_queries, n_gallery = values.shape
+    tgt = _query_indices(target, "target", n_queries, n_gallery)
+    ref = None if exclude is None else _query_indices(exclude, "exclude", n_queries, n_gallery)
+    ranks = np.empty(n_queries, dtype=np.int64)
+    columns = np.arange(n_gallery)
+    step = max(1, _BLOCK_ELEMENTS // max(n_gallery, 1))
+    for start in range(0, n_queries, step):
+        block = slice(start, start + step)
+        s, t = values[block], tgt[block]
+        rows = np.arange(s.shape[0])
+        t_score = s[rows, t][:, None]
+        ahead = (s > t_score) | ((s == t_score) & (columns < t[:, None]))
+        if ref is not None:
+            ahead[rows, ref[block]] = False  # not part of the ranking
+        ranks[block] = ahead.sum(axis=1)
+    return ranks
+
+
 def cirr_recall(
     scores: Any,
     target: Any,
@@ -436,19 +466,7 @@ def cirr_recall(
     """
     cutoffs = _cutoffs(ks)
     values, tgt, ref = _cirr_inputs(scores, target, reference)
-    n_queries, n_gallery = values.shape
-    ranks = np.empty(n_queries, dtype=np.int64)
-    columns = np.arange(n_gallery)
-    step = max(1, _BLOCK_ELEMENTS // max(n_gallery, 1))
-    for start in range(0, n_queries, step):
-        block = slice(start, start + step)
-        s, t, r = values[block], tgt[block], ref[block]
-        rows = np.arange(s.shape[0])
-        t_score = s[rows, t][:, None]
-        ahead = (s > t_score) | ((s == t_score) & (columns < t[:, None]))
-        ahead[rows, r] = False  # the reference image is not part of the ranking
-        ranks[block] = ahead.sum(axis=1)
-    return recall_at_k(ranks, cutoffs)
+    return recall_at_k(target_ranks(values, tgt, exclude=ref), cutoffs)
 
 
 def cirr_subset_recall(

@@ -1,9 +1,9 @@
 //! The f32 scoring micro-kernel, with run-time SIMD dispatch (AVX-512, AVX2+FMA, portable).
 //!
-//! A kernel call multiplies `ROWS` gallery token rows (read in place, row-major) by a packed
-//! panel of `LANES` queries and max-reduces each row into its image's slot of a tile laid out
-//! `[image][lane]`: the max over an image's tokens (BLIP-2 style scoring) is fused into the
-//! epilogue, so the `queries x gallery x tokens` block never exists.
+//! A kernel call multiplies a group of `ROWS` gallery token rows (packed feature-major by
+//! [`pack_group`]) by a packed panel of `LANES` queries and max-reduces each row into its image's
+//! slot of a tile laid out `[image][lane]`: the max over an image's tokens (BLIP-2 style scoring)
+//! is fused into the epilogue, so the `queries x gallery x tokens` block never exists.
 //!
 //! Every score is one fused multiply-add chain over the feature dimension, in order, starting from
 //! +0.0: `s = fma(g[k], q[k], s)` for `k = 0 .. d`. Every kernel (and [`dot_chain`]) computes that
