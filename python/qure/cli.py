@@ -87,9 +87,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as err:  # torch, tqdm or matplotlib missing
         print(f"qure demo needs the demo extra: pip install 'qure[demo]' ({err})", file=sys.stderr)
         return 2
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings = DemoSettings.experiment(args.experiment, quick=args.quick)
     if args.seeds is not None:
+        if args.seeds < 1:
+            print("qure demo: --seeds must be at least 1", file=sys.stderr)
+            return 2
         settings.seeds = tuple(range(args.seeds))
+    if args.arms is not None:
+        settings.arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if args.split is not None:
+        settings.split = args.split
     if args.threads is not None:
         set_num_threads(args.threads)
         import torch
@@ -151,12 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="QuRe vs contrastive, top-k and random negatives on the built-in shapes benchmark",
-        description="Builds the procedural CIR benchmark, trains a shared start contrastively, "
-        "fine-tunes it with each method, evaluates, and writes report.json, report.md and plots.",
+        description="Builds the open-edit shapes CIR benchmark (docs/benchmark.md), trains a "
+        "shared start contrastively, fine-tunes it with each arm and seed, evaluates, compares "
+        "the first arm with the others seed by seed, and writes report.json, report.md and plots.",
     )
-    demo.add_argument("--quick", action="store_true", help="1 seed, smaller benchmark (~2 min)")
+    demo.add_argument(
+        "--quick", action="store_true", help="3 seeds on a smaller benchmark (see README for times)"
+    )
     demo.add_argument("--out", default="qure-demo", help="output folder (default qure-demo)")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds (default 3; quick 1)")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds (default 5; quick 3)")
+    demo.add_argument(
+        "--experiment",
+        default="demo",
+        choices=["demo", "oracle", "sweep"],
+        help="demo (test split); oracle: top-k with and without false negatives; sweep: QuRe's "
+        "max_rank window (both on the val split, 3 seeds)",
+    )
+    demo.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated arms, the first compared with the others: qure, qure-tail, "
+        "qure-w<M>, contrastive, topk, topk-oracle, random",
+    )
+    demo.add_argument("--split", default=None, choices=["val", "test"], help="evaluation split")
     demo.add_argument("--threads", type=int, default=None)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)

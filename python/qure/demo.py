@@ -1,17 +1,20 @@
-"""``qure demo``: QuRe against its baselines on the built-in shapes benchmark, end to end on a CPU.
+"""``qure demo``: QuRe against its baselines on the open-edit shapes benchmark, on a CPU.
 
-1. Build the procedural benchmark (graded relevance of every gallery image to every query, and
-   real false negatives: other renderings of each target's design).
-2. Train one shared starting model contrastively (the paper starts every method from the same
-   pretrained backbone); snapshots taken along the way serve as the "other retrieval systems"
-   whose top-5 sets the preference rate compares (as HP-FashionIQ's sets come from other models).
-3. Fine-tune a copy with each method (qure, contrastive, topk, random) for each seed, mining over
-   the full training image pool.
-4. Evaluate on the test split: Recall@1/5/10/50 (reference image removed from the ranking, as in
-   CIRR), nDCG@10 on graded relevance, the preference rate, and on the training split the
-   false-negative rate of the negatives each method's loss used, and QuRe's band size.
-5. Write report.json, report.md and PNG plots; print the table, and say plainly where QuRe does
-   not win.
+The benchmark, the protocol and the rules that decide are written down in ``docs/benchmark.md``
+(committed before QuRe was first run on this benchmark). In short:
+
+1. Build the open-edit shapes benchmark: 3 of 4 texts leave part of the edit open, so several
+   gallery images answer a query as well as its annotated target (graded relevance 1.0 for each)
+   and the false negatives that contrastive and top-k training push away are real.
+2. Train one shared starting model contrastively; snapshots taken along the way serve as the
+   "other retrieval systems" whose top-5 sets the preference rate compares.
+3. Fine-tune a copy with each *arm* (a method and its settings) for each seed.
+4. Evaluate on the test split (``split="val"`` for the experiments that choose settings):
+   Recall@1/5/10/50 of the annotated target (reference removed, as in CIRR), nDCG@10 on graded
+   relevance, the preference rate, the false-negative rate of the negatives each loss actually
+   used, and where QuRe's bands sit in their tails at every re-mining.
+5. Compare the first arm with every other one seed by seed, and state the verdict by the
+   pre-registered rule; write report.json, report.md and plots.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,31 +31,92 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_shapes_benchmark
-from .metrics import (
-    false_negative_rate,
-    ndcg_at_k,
-    preference_rate,
-    recall_at_k,
-    summarize,
-    target_ranks,
-)
+from .data.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_open_shapes_benchmark
+from .metrics import ndcg_at_k, preference_rate, recall_at_k, summarize, target_ranks
 from .mining import mine_negatives
 from .models import TinyCIRModel
 from .retrieval import score
-from .train import METHODS, CIRTrainData, TrainConfig, encode_split, train
+from .train import CIRTrainData, TrainConfig, encode_split, train
 
-__all__ = ["DemoSettings", "run_demo"]
+__all__ = [
+    "DEFAULT_MAX_RANK",
+    "EXPERIMENTS",
+    "METRICS",
+    "Arm",
+    "DemoSettings",
+    "parse_arm",
+    "run_demo",
+]
 
-METRICS = ("R@1", "R@5", "R@10", "R@50", "nDCG@10", "preference_rate", "fn_rate", "band_size")
+DEFAULT_MAX_RANK: int | None = None
+"""The window of the ``qure`` arm: :attr:`TrainConfig.max_rank`'s default (chosen on the
+validation split by the sweep of ``docs/benchmark.md``)."""
+
+METRICS = (
+    "R@1",
+    "R@5",
+    "R@10",
+    "R@50",
+    "nDCG@10",
+    "preference_rate",
+    "fn_rate",
+    "band_size",
+    "band_start",
+    "degenerate",
+)
+COMPARED = ("nDCG@10", "preference_rate", "R@10")
+"""Metrics of the paired comparison; the first decides (docs/benchmark.md)."""
+
+DEMO_ARMS = ("qure", "qure-tail", "contrastive", "topk", "random")
+EXPERIMENTS: dict[str, tuple[str, ...]] = {
+    "demo": DEMO_ARMS,
+    # Do false negatives cost anything here? top-k with every false negative removed vs top-k.
+    "oracle": ("topk-oracle", "topk"),
+    # The window of QuRe's drop search, chosen on the validation split.
+    "sweep": ("qure-tail", "qure-w50", "qure-w100", "qure-w200", "qure-w400"),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One fine-tuning arm: a training method and its settings.
+
+    ``oracle``: the loss never sees a false negative (every image graded at least
+    ``SAME_DESIGN`` for the query is a known positive), which no real miner can do.
+    """
+
+    name: str
+    method: str
+    max_rank: int | None = None
+    oracle: bool = False
+
+
+def parse_arm(name: str) -> Arm:
+    """``qure`` (window ``DEFAULT_MAX_RANK``), ``qure-tail`` (whole tail, as released),
+    ``qure-w<M>`` (window M), ``contrastive``, ``topk``, ``topk-oracle`` or ``random``."""
+    if name == "qure":
+        return Arm(name, "qure", DEFAULT_MAX_RANK)
+    if name == "qure-tail":
+        return Arm(name, "qure", None)
+    match = re.fullmatch(r"qure-w([1-9][0-9]*)", name)
+    if match:
+        return Arm(name, "qure", int(match.group(1)))
+    if name in ("contrastive", "topk", "random"):
+        return Arm(name, name)
+    if name == "topk-oracle":
+        return Arm(name, "topk", oracle=True)
+    raise ValueError(
+        f"unknown arm {name!r}: use qure, qure-tail, qure-w<M>, contrastive, topk, topk-oracle "
+        "or random"
+    )
 
 
 @dataclass
 class DemoSettings:
-    """Sizes and schedule of a demo run."""
+    """Sizes, schedule and arms of a demo run (docs/benchmark.md fixes them)."""
 
     n_queries: tuple[int, int, int] = (2000, 400, 400)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     pretrain_epochs: int = 20
     finetune_epochs: int = 8
     pretrain_lr: float = 2e-3
@@ -60,18 +125,49 @@ class DemoSettings:
     finetune_lr: float = 1e-4
     batch_size: int = 32
     benchmark_seed: int = 2025
+    arms: tuple[str, ...] = DEMO_ARMS
+    split: str = "test"
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(n_queries=(600, 150, 150), seeds=(0,))
+        return cls(n_queries=(600, 150, 150), seeds=(0, 1, 2))
+
+    @classmethod
+    def experiment(cls, name: str, *, quick: bool = False) -> DemoSettings:
+        """The settings of an experiment of ``EXPERIMENTS`` (the non-demo ones on val, 3
+        seeds)."""
+        if name not in EXPERIMENTS:
+            raise ValueError(f"unknown experiment {name!r}: one of {sorted(EXPERIMENTS)}")
+        base = cls.quick() if quick else cls()
+        if name == "demo":
+            return base
+        base.arms, base.split, base.seeds = EXPERIMENTS[name], "val", (0, 1, 2)
+        return base
+
+    def validate(self) -> None:
+        if self.split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct and non-empty, got {self.arms!r}")
+        for name in self.arms:
+            parse_arm(name)
 
 
-def _train_data(bench: ShapesBenchmark, split: ShapesSplit) -> CIRTrainData:
+def _train_data(bench: ShapesBenchmark, split: ShapesSplit, oracle: bool = False) -> CIRTrainData:
+    positives = None
+    if oracle:  # every false negative is known: graded at least SAME_DESIGN, not the target
+        positives = [
+            np.setdiff1d(np.nonzero(row >= SAME_DESIGN)[0], [t])
+            for row, t in zip(split.relevance, split.target)
+        ]
     return CIRTrainData(
         images=split.images,
         reference=split.reference,
         text=bench.tokenize(split.texts),
         target=split.target,
+        positives=positives,
     )
 
 
@@ -90,31 +186,44 @@ def _ranked(scores: np.ndarray, k: int, reference: np.ndarray) -> np.ndarray:
     return order[:, :k]
 
 
-def _used_negatives(
-    method: str, negatives: Any, data: CIRTrainData, batch_size: int, seed: int
-) -> list[np.ndarray]:
-    """Per query, the negatives the method's loss drew from at the end of training."""
-    rng = np.random.default_rng([seed, 7])
-    q, g = len(data), len(data.images)
-    if method in ("qure", "topk") and negatives is not None:
-        return [negatives[i] for i in range(q)]
-    if method == "contrastive":  # in-batch: the other queries' targets
-        others = rng.integers(0, q, size=(q, batch_size - 1))
-        return [data.target[row] for row in others]
-    draws = rng.integers(0, g - 1, size=(q, 10))
-    return [row + (row >= data.target[i]) for i, row in enumerate(draws)]
+def used_false_negative_rate(
+    method: str,
+    drawn: list[np.ndarray],
+    orders: list[np.ndarray],
+    target: np.ndarray,
+    relevance: np.ndarray,
+    batch_size: int,
+) -> float:
+    """Share (%) of the negatives a loss actually used that are false negatives (graded at
+    least ``SAME_DESIGN``): the drawn negative of every query and epoch for reward losses, every
+    other target in the batch for in-batch contrastive training."""
+    hits = total = 0
+    if method == "contrastive":
+        for order in orders:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                grades = relevance[idx[:, None], target[idx][None, :]]
+                off = ~np.eye(len(idx), dtype=bool)
+                hits += int((grades[off] >= SAME_DESIGN).sum())
+                total += int(off.sum())
+    else:
+        for negatives in drawn:
+            grades = relevance[np.arange(len(negatives)), negatives]
+            hits += int((grades >= SAME_DESIGN).sum())
+            total += len(negatives)
+    return 100.0 * hits / total if total else math.nan
 
 
 def _evaluate(
     model: torch.nn.Module,
-    test: CIRTrainData,
+    data: CIRTrainData,
     relevance: np.ndarray,
     system_sets: list[np.ndarray],
 ) -> dict[str, float]:
-    scores = _split_scores(model, test)
-    ranks = target_ranks(scores, test.target, exclude=test.reference)
+    scores = _split_scores(model, data)
+    ranks = target_ranks(scores, data.target, exclude=data.reference)
     metrics = recall_at_k(ranks, ks=(1, 5, 10, 50))
-    metrics["nDCG@10"] = ndcg_at_k(_ranked(scores, 10, test.reference), relevance, k=10)
+    metrics["nDCG@10"] = ndcg_at_k(_ranked(scores, 10, data.reference), relevance, k=10)
     agree = pairs = 0.0
     for a in range(len(system_sets)):
         for b in range(a + 1, len(system_sets)):
@@ -126,41 +235,93 @@ def _evaluate(
     return metrics
 
 
+def _cell(values: list[float], digits: int = 2) -> str:
+    mean, std = summarize(values)
+    return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def _table(results: dict[str, dict[str, list[float]]]) -> str:
-    header = "| method | " + " | ".join(METRICS) + " |"
-    lines = [header, "|" + " --- |" * (len(METRICS) + 1)]
-    for method, values in results.items():
-        cells = []
-        for name in METRICS:
-            mean, std = summarize(values.get(name, []))
-            cells.append("n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines = ["| arm | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
+    for arm, values in results.items():
+        digits = {"nDCG@10": 3}
+        cells = [_cell(values.get(name, []), digits.get(name, 2)) for name in METRICS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _verdict(results: dict[str, dict[str, list[float]]]) -> list[str]:
-    def mean(method: str, name: str) -> float:
-        return summarize(results[method][name])[0]
+def paired(
+    results: dict[str, dict[str, list[float]]], first: str, other: str, metric: str
+) -> dict[str, Any]:
+    """Per-seed differences ``first - other`` on ``metric``, their mean and std, and the
+    pre-registered call: "wins"/"loses" when the mean's sign holds in at least 80% of the seeds
+    (3 of 3, 4 of 5), else "no clear difference"."""
+    a, b = np.asarray(results[first][metric]), np.asarray(results[other][metric])
+    diffs = a - b
+    mean, std = summarize(diffs.tolist())
+    n = len(diffs)
+    need = math.ceil(0.8 * n)
+    if mean > 0 and int((diffs > 0).sum()) >= need:
+        call = "wins"
+    elif mean < 0 and int((diffs < 0).sum()) >= need:
+        call = "loses"
+    else:
+        call = "no clear difference"
+    return {
+        "diffs": diffs.tolist(),
+        "mean": mean,
+        "std": std,
+        "positive": int((diffs > 0).sum()),
+        "seeds": n,
+        "call": call,
+    }
 
+
+def _comparisons(results: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    arms = list(results)
+    first = arms[0]
+    return {other: {m: paired(results, first, other, m) for m in COMPARED} for other in arms[1:]}
+
+
+def _comparison_table(first: str, comparisons: dict[str, dict[str, Any]]) -> str:
+    head = " | ".join(f"{m}: {first} - other (per seed)" for m in COMPARED)
+    lines = [f"| other | {head} |", "|" + " --- |" * (len(COMPARED) + 1)]
+    for other, by_metric in comparisons.items():
+        cells = []
+        for m in COMPARED:
+            c = by_metric[m]
+            digits = 3 if m == "nDCG@10" else 2
+            seeds = ", ".join(f"{d:+.{digits}f}" for d in c["diffs"])
+            cells.append(
+                f"{c['mean']:+.{digits}f} ± {c['std']:.{digits}f} ({seeds}; "
+                f"{c['positive']}/{c['seeds']} > 0): {c['call']}"
+            )
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _verdict(
+    results: dict[str, dict[str, list[float]]], comparisons: dict[str, dict[str, Any]]
+) -> list[str]:
+    first = next(iter(results))
     lines = []
-    for name in ("nDCG@10", "preference_rate"):
-        q, c = mean("qure", name), mean("contrastive", name)
-        word = "shows" if q >= c else "does NOT show"
+    for other, by_metric in comparisons.items():
+        c = by_metric[COMPARED[0]]
         lines.append(
-            f"QuRe >= contrastive on {name}: {q:.2f} vs {c:.2f} -> the paper's effect {word}."
+            f"{first} vs {other} on {COMPARED[0]} (decides): {c['call']} "
+            f"(mean paired difference {c['mean']:+.4f}, {c['positive']}/{c['seeds']} seeds > 0)."
         )
-    q, t = mean("qure", "fn_rate"), mean("topk", "fn_rate")
-    word = "shows" if q < t else "does NOT show"
-    lines.append(
-        f"False-negative rate of mined negatives, QuRe < top-k: {q:.2f}% vs {t:.2f}% "
-        f"-> the paper's effect {word}."
-    )
-    for name in ("R@1", "R@10"):
-        q = mean("qure", name)
-        best = max(METHODS, key=lambda m: mean(m, name))
-        if best != "qure":
-            lines.append(f"QuRe does not win {name}: {best} has {mean(best, name):.2f} vs {q:.2f}.")
+    for name in ("fn_rate",):
+        for arm, values in results.items():
+            mean = summarize(values[name])[0]
+            if not math.isnan(mean):
+                lines.append(f"{arm}: {mean:.2f}% of the negatives its loss used were false.")
     return lines
+
+
+def _mining_summary(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"epoch": r["epoch"], **r["mining"]} for r in history if isinstance(r.get("mining"), dict)
+    ]
 
 
 def run_demo(
@@ -171,23 +332,27 @@ def run_demo(
 ) -> dict[str, Any]:
     """Runs the demo; writes report.json, report.md and plots into ``out_dir``.
 
-    Status lines are always printed; ``progress`` adds per-epoch progress bars.
+    Status lines (with the run count and an estimate of the time left) are always printed;
+    ``progress`` adds per-epoch progress bars.
     """
     settings = settings or DemoSettings()
+    settings.validate()
+    arms = [parse_arm(name) for name in settings.arms]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
-    bench = build_shapes_benchmark(settings.benchmark_seed, n_queries=settings.n_queries)
-    train_data, test_data = _train_data(bench, bench.train), _train_data(bench, bench.test)
+    bench = build_open_shapes_benchmark(settings.benchmark_seed, n_queries=settings.n_queries)
+    train_data = _train_data(bench, bench.train)
     val_data = _train_data(bench, bench.val)
+    eval_split = bench.val if settings.split == "val" else bench.test
+    eval_data = _train_data(bench, eval_split)
 
     def validate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        """Per-epoch validation metrics for the training log."""
+        """Per-epoch validation metrics for the training log and the curves."""
         scores = _split_scores(model, val_data)
         ranks = target_ranks(scores, val_data.target, exclude=val_data.reference)
         return {
@@ -198,8 +363,9 @@ def run_demo(
         }
 
     say(
-        f"benchmark: {len(train_data)} train queries over {len(train_data.images)} images, "
-        f"{len(test_data)} test queries over {len(test_data.images)} images"
+        f"open-edit shapes benchmark: {len(train_data)} train queries over a pool of "
+        f"{len(train_data.images)} images; {len(eval_data)} {settings.split} queries over "
+        f"{len(eval_data.images)} images; {len(arms)} arms x {len(settings.seeds)} seeds"
     )
 
     torch.manual_seed(settings.benchmark_seed)
@@ -220,81 +386,120 @@ def run_demo(
         seed=settings.benchmark_seed,
         progress=progress,
     )
+    say(f"pretraining the shared starting model ({settings.pretrain_epochs} contrastive epochs)")
     train(start_model, train_data, pretrain, evaluate=snapshot)
-    say(f"pretrained the shared starting model contrastively ({settings.pretrain_epochs} epochs)")
+    say("pretrained")
 
     # Other retrieval systems' top-5 sets (pretraining snapshots), as in HP-FashionIQ.
     system_sets = []
     for state in snapshots[-4:]:
         system = TinyCIRModel(len(bench.vocab))
         system.load_state_dict(state)
-        system_sets.append(_ranked(_split_scores(system, test_data), 5, test_data.reference))
+        system_sets.append(_ranked(_split_scores(system, eval_data), 5, eval_data.reference))
 
-    results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in METHODS}
-    start_metrics = _evaluate(start_model, test_data, bench.test.relevance, system_sets)
+    results: dict[str, dict[str, list[float]]] = {a.name: {k: [] for k in METRICS} for a in arms}
+    start_metrics = _evaluate(start_model, eval_data, eval_split.relevance, system_sets)
     say(
         f"start model: R@10 {start_metrics['R@10']:.1f}  nDCG@10 {start_metrics['nDCG@10']:.3f}  "
         f"pref {start_metrics['preference_rate']:.1f}"
     )
-    runs: list[dict[str, Any]] = [{"method": "start (pretrained)", "seed": None, **start_metrics}]
-    keep: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = [{"arm": "start (pretrained)", "seed": None, **start_metrics}]
+    curves: dict[str, list[list[dict[str, float]]]] = {a.name: [] for a in arms}
+    keep: dict[str, torch.nn.Module] = {}
+    oracle_data = None
+    total = len(arms) * len(settings.seeds)
+    done = 0
+    loop_started = time.perf_counter()
     for seed in settings.seeds:
-        for method in METHODS:
+        for arm in arms:
+            if arm.oracle and oracle_data is None:
+                oracle_data = _train_data(bench, bench.train, oracle=True)
+            data = oracle_data if arm.oracle else train_data
             model = copy.deepcopy(start_model)
             torch.manual_seed(seed)
             config = TrainConfig(
-                method=method,
+                method=arm.method,
                 epochs=settings.finetune_epochs,
                 lr=settings.finetune_lr,
                 batch_size=settings.batch_size,
                 seed=seed,
+                max_rank=arm.max_rank,
                 progress=progress,
-                log_path=str(out / f"train-{method}-seed{seed}.jsonl"),
+                log_path=str(out / f"train-{arm.name}-seed{seed}.jsonl"),
             )
-            history = train(model, train_data, config, evaluate=validate)
-            metrics = _evaluate(model, test_data, bench.test.relevance, system_sets)
-            used = _used_negatives(method, history.negatives, train_data, settings.batch_size, seed)
-            metrics["fn_rate"] = 100 * false_negative_rate(used, bench.train.relevance, SAME_DESIGN)
-            metrics["band_size"] = (
-                float(history.negatives.sizes.mean())
-                if method == "qure" and history.negatives is not None
-                else math.nan
+            history = train(model, data, config, evaluate=validate)
+            metrics: dict[str, Any] = _evaluate(model, eval_data, eval_split.relevance, system_sets)
+            metrics["fn_rate"] = used_false_negative_rate(
+                arm.method,
+                history.drawn,
+                history.orders,
+                train_data.target,
+                bench.train.relevance,
+                settings.batch_size,
             )
+            mining = _mining_summary(history.history)
+            last = mining[-1] if mining else {}
+            metrics["band_size"] = last.get("band_mean", math.nan)
+            metrics["band_start"] = 100 * last.get("start_q50", math.nan)
+            metrics["degenerate"] = 100 * last.get("degenerate", math.nan)
             for name in METRICS:
-                results[method][name].append(metrics[name])
-            runs.append({"method": method, "seed": seed, **metrics})
+                results[arm.name][name].append(metrics[name])
+            curves[arm.name].append(
+                [{k: r[k] for k in ("epoch", "val_R@10", "val_nDCG@10")} for r in history.history]
+            )
+            runs.append({"arm": arm.name, "seed": seed, **metrics, "mining": mining})
             if seed == settings.seeds[0]:
-                keep[method] = model
+                keep[arm.name] = model
+            done += 1
+            per_run = (time.perf_counter() - loop_started) / done
+            band = ""
+            if mining:
+                band = (
+                    f"  band {last['band_mean']:.0f} (median start at "
+                    f"{100 * last['start_q50']:.0f}% of the tail, "
+                    f"{100 * last['degenerate']:.0f}% degenerate)"
+                )
             say(
-                f"{method:<11} seed {seed}: R@10 {metrics['R@10']:.1f}  "
+                f"run {done}/{total} {arm.name} seed {seed}: R@10 {metrics['R@10']:.1f}  "
                 f"nDCG@10 {metrics['nDCG@10']:.3f}  pref {metrics['preference_rate']:.1f}  "
-                f"FN {metrics['fn_rate']:.1f}%"
+                f"FN {metrics['fn_rate']:.1f}%{band}; about {per_run * (total - done):.0f} s left"
             )
 
     table = _table({"start (pretrained)": {k: [v] for k, v in start_metrics.items()}, **results})
-    verdict = _verdict(results)
+    comparisons = _comparisons(results)
+    comparison_table = _comparison_table(arms[0].name, comparisons) if len(arms) > 1 else ""
+    verdict = _verdict(results, comparisons)
     report = {
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "default_max_rank": DEFAULT_MAX_RANK},
         "benchmark": {
+            "name": "open-edit shapes",
             "train_queries": len(train_data),
             "train_images": len(train_data.images),
-            "test_queries": len(test_data),
-            "test_images": len(test_data.images),
-            "same_design_grade": SAME_DESIGN,
+            "eval_split": settings.split,
+            "eval_queries": len(eval_data),
+            "eval_images": len(eval_data.images),
+            "open_share": float(eval_split.open.mean()),
+            "valid_answers_per_query": float((eval_split.relevance >= 1.0).sum(1).mean()),
+            "false_negative_grade": SAME_DESIGN,
         },
         "runs": runs,
         "summary": {
             m: {k: dict(zip(("mean", "std"), summarize(v))) for k, v in r.items()}
             for m, r in results.items()
         },
+        "comparisons": comparisons,
+        "curves": curves,
         "verdict": verdict,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False))
-    plots = _plots(out, bench, keep, train_data, test_data)
-    (out / "report.md").write_text(_markdown(report, table, plots))
+    plots = _plots(out, bench, keep, curves, train_data, eval_data, eval_split)
+    (out / "report.md").write_text(_markdown(report, table, comparison_table, plots))
     print(table)
     print()
+    if comparison_table:
+        print(comparison_table)
+        print()
     for line in verdict:
         print(line)
     print(f"\nreport: {out / 'report.md'}  ({report['seconds']} s)")
@@ -314,28 +519,56 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-def _markdown(report: dict[str, Any], table: str, plots: list[str]) -> str:
+def _markdown(report: dict[str, Any], table: str, comparison_table: str, plots: list[str]) -> str:
     b = report["benchmark"]
     s = report["settings"]
+    arms = list(report["summary"])
     lines = [
-        "# qure demo: QuRe vs baselines on the shapes benchmark",
+        "# qure demo: QuRe vs baselines on the open-edit shapes benchmark",
         "",
-        f"{b['train_queries']} training queries over {b['train_images']} images; "
-        f"{b['test_queries']} test queries over {b['test_images']} images. "
-        f"Seeds {s['seeds']}; {s['pretrain_epochs']} contrastive pretraining epochs shared by all "
-        f"methods, then {s['finetune_epochs']} fine-tuning epochs each.",
+        f"{b['train_queries']} training queries over a pool of {b['train_images']} images; "
+        f"{b['eval_queries']} {b['eval_split']} queries over {b['eval_images']} images "
+        f"({100 * b['open_share']:.0f}% with open texts, {b['valid_answers_per_query']:.2f} "
+        f"valid answers per query on average). Seeds {s['seeds']}; {s['pretrain_epochs']} "
+        f"contrastive pretraining epochs shared by all arms, then {s['finetune_epochs']} "
+        f"fine-tuning epochs each. Protocol: docs/benchmark.md.",
         "",
         "Metrics (mean ± std over seeds): Recall@K of the annotated target (%, reference image "
         "removed from the ranking), nDCG@10 on graded relevance, preference rate (%, agreement "
         "with an oracle preferring the top-5 set of higher mean relevance, over pairs of sets from "
-        "other systems), fn_rate (% of the negatives a method's loss used whose relevance is at "
-        f"least the same-design grade {b['same_design_grade']}), band_size (QuRe's mean band).",
+        "other systems), fn_rate (% of the negatives a loss actually used that are graded at "
+        f"least {b['false_negative_grade']}), and for QuRe at the last re-mining: band_size (mean "
+        "band), band_start (median first band position, % of the tail after the target) and "
+        "degenerate (% of bands starting in the bottom 10% of the tail or spanning half of it).",
         "",
         table,
         "",
+    ]
+    if comparison_table:
+        lines += [
+            f"## Paired comparison: {arms[0]} against each other arm, seed by seed",
+            "",
+            comparison_table,
+            "",
+        ]
+    lines += [
         "## Verdict",
         "",
         *[f"- {line}" for line in report["verdict"]],
+        "",
+        "## Band location at every re-mining (seed "
+        f"{s['seeds'][0]}: median band start, % of bands at the bottom / spanning)",
+        "",
+    ]
+    for run in report["runs"]:
+        if run.get("mining") and run["seed"] == s["seeds"][0]:
+            steps = ", ".join(
+                f"e{m['epoch']}: {100 * m['start_q50']:.0f}% ({100 * m['at_bottom']:.0f}/"
+                f"{100 * m['spanning']:.0f}), band {m['band_mean']:.0f}"
+                for m in run["mining"]
+            )
+            lines.append(f"- {run['arm']}: {steps}")
+    lines += [
         "",
         "## Plots",
         "",
@@ -346,67 +579,105 @@ def _markdown(report: dict[str, Any], table: str, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _typical_query(whole: Any, windowed: Any) -> int:
+    """A training query whose target ranks in the top 20 and whose both bands are non-empty,
+    with the median whole-tail band start among those (0 when there is none)."""
+    ok = (whole.target_rank <= 20) & (whole.sizes > 0) & (windowed.sizes > 0)
+    rows = np.nonzero(ok)[0]
+    if not rows.size:
+        return 0
+    start = (whole.drops[rows, 0] + 1) / np.maximum(whole.tail_length[rows], 1)
+    return int(rows[np.argsort(start, kind="stable")[len(rows) // 2]])
+
+
 def _plots(
     out: Path,
     bench: ShapesBenchmark,
     models: dict[str, torch.nn.Module],
+    curves: dict[str, list[list[dict[str, float]]]],
     train_data: CIRTrainData,
-    test_data: CIRTrainData,
+    eval_data: CIRTrainData,
+    eval_split: ShapesSplit,
 ) -> list[str]:
-    """A query's sorted score curve with the two drops and the band; a retrieval grid."""
+    """Score curve of a typical query with both bands; validation curves; a retrieval grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    model = models.get("qure")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, runs in curves.items():
+        for ax, key in zip(axes, ("val_nDCG@10", "val_R@10")):
+            values = np.array([[r[key] for r in run] for run in runs], dtype=float)
+            epochs = np.arange(1, values.shape[1] + 1)
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(epochs, mean, marker="o", ms=3, label=name)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
+    for ax, key in zip(axes, ("nDCG@10", "R@10 (%)")):
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel(f"validation {key}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Validation metrics over fine-tuning (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    written.append("curves.png")
+
+    model = next((models[n] for n in ("qure", "qure-tail") if n in models), None)
     if model is None:
-        return written
+        model = next(iter(models.values()))
     queries, tokens = encode_split(model, train_data.images, train_data.reference, train_data.text)
-    q = 0
-    row = score(queries[q : q + 1], tokens)
-    mined = mine_negatives(row, train_data.target[q : q + 1])
-    order = np.argsort(-row[0], kind="stable")
-    p = int(mined.target_rank[0])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(np.arange(len(order)), row[0][order], lw=1, color="black", label="sorted scores")
+    scores = score(queries, tokens)
+    window = DEFAULT_MAX_RANK if DEFAULT_MAX_RANK is not None else 100
+    whole = mine_negatives(scores, train_data.target)
+    windowed = mine_negatives(scores, train_data.target, max_rank=window)
+    q = _typical_query(whole, windowed)
+    row = scores[q]
+    order = np.lexsort((np.arange(len(row)), -row))
+    p = int(whole.target_rank[q])
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    ranks = np.arange(len(order))
+    ax.plot(ranks, row[order], lw=1, color="black", label="sorted scores")
     ax.axvline(p, color="green", ls="--", label=f"target (rank {p})")
-    a, b = (int(v) for v in mined.drops[0])
-    if a >= 0:
-        ax.axvspan(p + 1 + a + 1, p + 1 + b, color="orange", alpha=0.3, label="hard-negative band")
-        for drop in (a, b):
-            ax.axvline(p + 1 + drop + 0.5, color="red", lw=0.8)
+    for mined, colour, label in (
+        (whole, "tab:orange", "band, whole tail (released rule)"),
+        (windowed, "tab:blue", f"band, window max_rank={window}"),
+    ):
+        a, b = (int(v) for v in mined.drops[q])
+        if a >= 0:
+            ax.axvspan(p + 1 + a + 1 - 0.5, p + 1 + b + 0.5, color=colour, alpha=0.25, label=label)
     relevance = bench.train.relevance[q][order]
-    same = np.nonzero(relevance >= SAME_DESIGN)[0]
-    ax.scatter(same, row[0][order][same], color="blue", s=12, zorder=3, label="same design")
-    ax.set_xscale("symlog", linthresh=10)  # the head of the ranking, where the drops usually are
+    fn = np.nonzero(relevance >= SAME_DESIGN)[0]
+    fn = fn[order[fn] != train_data.target[q]]
+    ax.scatter(fn, row[order][fn], color="red", s=14, zorder=3, label="false negatives (≥ 0.8)")
+    ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("rank (log scale past 10)")
     ax.set_ylabel("score")
-    ax.set_title(f"train query 0: {bench.train.texts[q]!r}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"train query {q}: {bench.train.texts[q]!r}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(out / "score_curve.png", dpi=110)
     plt.close(fig)
     written.append("score_curve.png")
 
-    top = _ranked(_split_scores(model, test_data), 10, test_data.reference)
+    top = _ranked(_split_scores(model, eval_data), 10, eval_data.reference)
     n_rows = 3
     fig, axes = plt.subplots(n_rows, 11, figsize=(14, 1.6 * n_rows + 0.6))
-    for r in range(n_rows):
-        i = r
-        axes[r, 0].imshow(test_data.images[test_data.reference[i]])
-        axes[r, 0].set_title("reference", fontsize=7)
-        axes[r, 0].set_xlabel(bench.test.texts[i], fontsize=6)
+    for i in range(n_rows):
+        axes[i, 0].imshow(eval_data.images[eval_data.reference[i]])
+        axes[i, 0].set_title("reference", fontsize=7)
+        axes[i, 0].set_xlabel(eval_split.texts[i], fontsize=6)
         for c, g in enumerate(top[i], start=1):
-            axes[r, c].imshow(test_data.images[g])
-            rel = bench.test.relevance[i, g]
-            mark = "TARGET" if g == test_data.target[i] else f"rel {rel:.2f}"
-            axes[r, c].set_title(mark, fontsize=7, color="green" if rel >= SAME_DESIGN else "black")
-        for ax in axes[r]:
+            axes[i, c].imshow(eval_data.images[g])
+            rel = eval_split.relevance[i, g]
+            mark = "TARGET" if g == eval_data.target[i] else f"rel {rel:.2f}"
+            axes[i, c].set_title(mark, fontsize=7, color="green" if rel >= SAME_DESIGN else "black")
+        for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("QuRe model, test queries: reference, text, top-10 (green = relevant)")
+    fig.suptitle("QuRe model: reference, text, top-10 (green = relevant)")
     fig.tight_layout()
     fig.savefig(out / "retrieval_grid.png", dpi=110)
     plt.close(fig)

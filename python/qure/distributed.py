@@ -215,8 +215,10 @@ def gather_hard_negatives(local: HardNegatives) -> HardNegatives:
         raise TypeError(f"expected HardNegatives, got {type(local).__name__}")
     if not is_distributed():
         return local
+    # Every rank mined with the same code, so either all or none know their tail lengths.
+    tails = local.tail_length if local.tail_length is not None else np.full(len(local), -1)
     meta = np.concatenate(
-        [local.sizes[:, None], local.target_rank[:, None], local.drops], axis=1
+        [local.sizes[:, None], local.target_rank[:, None], local.drops, tails[:, None]], axis=1
     ).astype(np.int64)
     meta = all_gather_array(meta)
     indices = all_gather_array(local.indices.astype(np.int64))
@@ -226,6 +228,7 @@ def gather_hard_negatives(local: HardNegatives) -> HardNegatives:
         indices=indices,
         target_rank=np.ascontiguousarray(meta[:, 1]),
         drops=np.ascontiguousarray(meta[:, 2:4]),
+        tail_length=None if local.tail_length is None else np.ascontiguousarray(meta[:, 4]),
     )
 
 
@@ -527,6 +530,7 @@ def _mine_candidates(
         indices=np.concatenate(bands).astype(np.int64) if bands else np.zeros(0, np.int64),
         target_rank=rank_of_target,
         drops=drops,
+        tail_length=lengths.astype(np.int64),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,14 @@ import numpy as np
 from . import _core
 from ._arrays import as_float32_matrix, as_ids, as_index_vector, as_ragged_indices
 
-__all__ = ["HardNegatives", "mine_negatives"]
+__all__ = ["HardNegatives", "mine_negatives", "tail_lengths"]
+
+BOTTOM_FRACTION = 0.1
+"""A band that starts in the last ``BOTTOM_FRACTION`` of its tail sits "at the bottom"."""
+SPAN_FRACTION = 0.5
+"""A band covering more than ``SPAN_FRACTION`` of its tail "spans" it."""
+DEGENERATE_SHARE = 0.5
+"""Above this share of degenerate bands (at the bottom or spanning), mining warns."""
 
 Pairing = Literal["consecutive", "anchored"]
 _PAIRINGS = ("consecutive", "anchored")
@@ -24,13 +32,17 @@ class HardNegatives:
 
     ``negatives[i]`` is query ``i``'s band (gallery indices, int64, best-ranked first).
     ``target_rank[i]`` is the target's 0-based rank and ``drops[i]`` the tail positions
-    ``(a, b)`` of the two chosen drops (``(-1, -1)`` when no pair qualified).
+    ``(a, b)`` of the two chosen drops (``(-1, -1)`` when no pair qualified): the band is tail
+    positions ``a + 1 ..= b``. ``tail_length[i]`` (when known; the miners fill it in) is how many
+    items the rule looked at after the target: ``N - 1 - target_rank``, at most ``max_rank``.
+    It locates the band within the tail (:meth:`diagnostics`) and is not part of ``==``.
     """
 
     indptr: np.ndarray
     indices: np.ndarray
     target_rank: np.ndarray
     drops: np.ndarray
+    tail_length: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         q = self.target_rank.shape[0]
@@ -38,6 +50,10 @@ class HardNegatives:
             raise ValueError(
                 f"inconsistent HardNegatives: indptr {self.indptr.shape}, "
                 f"target_rank {self.target_rank.shape}, drops {self.drops.shape}"
+            )
+        if self.tail_length is not None and self.tail_length.shape != (q,):
+            raise ValueError(
+                f"inconsistent HardNegatives: tail_length {self.tail_length.shape} for {q} queries"
             )
         if q and (self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0]):
             raise ValueError("inconsistent HardNegatives: indptr does not span indices")
@@ -85,14 +101,82 @@ class HardNegatives:
             f"median={np.median(sizes):g}, empty={int((sizes == 0).sum())})"
         )
 
+    def diagnostics(self) -> dict[str, float]:
+        """Where the bands sit in their tails: the numbers that show a degenerate rule.
+
+        On a smooth score curve the largest gaps between sorted scores sit at its extremes, so
+        the whole-tail rule often puts the band among the lowest-scored items (the easiest
+        negatives there are) or makes it span the tail. Keys: ``queries``, ``with_band`` (share of
+        non-empty bands), ``band_mean``, ``band_median``, ``tail_median``, ``start_q10/50/90``
+        and ``end_q10/50/90`` (quantiles of the band's first and last tail position, as a
+        fraction of the tail: 0 is just after the target, 1 its end), ``at_bottom`` (share of
+        bands starting in the last ``BOTTOM_FRACTION`` of the tail), ``spanning`` (share
+        covering more than ``SPAN_FRACTION`` of it) and ``degenerate`` (either). Shares are over
+        queries with a non-empty band; NaN where there is none. Needs ``tail_length``.
+        """
+        if self.tail_length is None:
+            raise ValueError(
+                "these bands carry no tail_length (mined by an older qure or built by hand): "
+                "mine again to get diagnostics"
+            )
+        sizes = self.sizes
+        picked = self.drops[:, 0] >= 0
+        tails = self.tail_length[picked].astype(np.float64)
+        start = (self.drops[picked, 0] + 1) / tails  # first band position, as a tail fraction
+        end = self.drops[picked, 1] / tails
+        width = (self.drops[picked, 1] - self.drops[picked, 0]) / tails
+        at_bottom = start >= 1.0 - BOTTOM_FRACTION
+        spanning = width > SPAN_FRACTION
+        nan = math.nan
+
+        def share(mask: np.ndarray) -> float:
+            return float(mask.mean()) if mask.size else nan
+
+        def quantile(values: np.ndarray, q: float) -> float:
+            return float(np.quantile(values, q)) if values.size else nan
+
+        q = len(self)
+        return {
+            "queries": float(q),
+            "with_band": float((sizes > 0).mean()) if q else nan,
+            "band_mean": float(sizes.mean()) if q else nan,
+            "band_median": float(np.median(sizes)) if q else nan,
+            "tail_median": float(np.median(self.tail_length)) if q else nan,
+            **{f"start_q{int(p * 100)}": quantile(start, p) for p in (0.1, 0.5, 0.9)},
+            **{f"end_q{int(p * 100)}": quantile(end, p) for p in (0.1, 0.5, 0.9)},
+            "at_bottom": share(at_bottom),
+            "spanning": share(spanning),
+            "degenerate": share(at_bottom | spanning),
+        }
+
+    def degenerate_warning(self) -> str | None:
+        """A warning naming the fix when most bands are degenerate (see :meth:`diagnostics`),
+        else None. None too when ``tail_length`` is unknown."""
+        if self.tail_length is None or len(self) == 0:
+            return None
+        d = self.diagnostics()
+        if not d["degenerate"] > DEGENERATE_SHARE:
+            return None
+        return (
+            f"{100 * d['degenerate']:.0f}% of the hard-negative bands are degenerate "
+            f"({100 * d['at_bottom']:.0f}% start in the bottom {100 * BOTTOM_FRACTION:.0f}% of "
+            f"the ranking after the target, {100 * d['spanning']:.0f}% span more than half of "
+            f"it; median band start at {100 * d['start_q50']:.0f}% of a tail of "
+            f"{d['tail_median']:g} items): the two steepest drops are not near the target. "
+            "Set max_rank (e.g. max_rank=100) to look for them only among the items ranked "
+            "just after the target."
+        )
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the bands to a ``.npz`` file."""
+        extra = {} if self.tail_length is None else {"tail_length": self.tail_length}
         np.savez(
             path,
             indptr=self.indptr,
             indices=self.indices,
             target_rank=self.target_rank,
             drops=self.drops,
+            **extra,
         )
 
     @classmethod
@@ -107,7 +191,17 @@ class HardNegatives:
                 indices=data["indices"].astype(np.int64),
                 target_rank=data["target_rank"].astype(np.int64),
                 drops=data["drops"].astype(np.int64),
+                tail_length=(
+                    data["tail_length"].astype(np.int64) if "tail_length" in data.files else None
+                ),
             )
+
+
+def tail_lengths(target_rank: np.ndarray, n_gallery: int, max_rank: int | None) -> np.ndarray:
+    """How many items the rule looks at after each target: ``N - 1 - rank``, capped at
+    ``max_rank``."""
+    tails = np.asarray(n_gallery - 1 - np.asarray(target_rank), dtype=np.int64)
+    return tails if max_rank is None else np.minimum(tails, max_rank)
 
 
 def _check_count(value: Any, name: str, minimum: int) -> int:
@@ -183,8 +277,10 @@ def mine_negatives(
         pairing: ``"consecutive"`` scans ``(1st, 2nd), (2nd, 3rd), ...`` steepest drops, as the
             released QuRe code does; ``"anchored"`` pairs the steepest drop with the first drop far
             enough from it (closer to the paper's Eq. 6-7).
-        max_rank: only look at the first ``max_rank`` items after the target (an approximation
-            for huge galleries; exact when ``None``).
+        max_rank: look for the two drops only among the first ``max_rank`` items after the
+            target. ``None`` is the released code's whole-tail rule; on smooth score curves its
+            steepest drops tend to sit at the bottom of the ranking (see
+            :meth:`HardNegatives.diagnostics`), and a window keeps the band near the target.
         positives: per query, other known positives (gallery indices) to drop from the band.
         gallery_ids: ``(N,)`` id per gallery item (ints or names); items sharing the target's or a
             positive's id are dropped, and each id is kept once.
@@ -209,4 +305,10 @@ def mine_negatives(
         gallery_ids=gallery_ids,
     )
     indptr, indices, target_rank, drops = _core.mine_negatives(matrix, targets, *args.native())
-    return HardNegatives(indptr=indptr, indices=indices, target_rank=target_rank, drops=drops)
+    return HardNegatives(
+        indptr=indptr,
+        indices=indices,
+        target_rank=target_rank,
+        drops=drops,
+        tail_length=tail_lengths(target_rank, n_gallery, args.max_rank),
+    )

@@ -19,7 +19,7 @@ from ._arrays import (
     as_ragged_indices,
     is_torch_tensor,
 )
-from .mining import HardNegatives, MiningArguments, Pairing, _check_count
+from .mining import HardNegatives, MiningArguments, Pairing, _check_count, tail_lengths
 
 __all__ = ["mine_from_features", "score", "simd_kernel", "target_rank", "topk"]
 
@@ -116,7 +116,13 @@ def mine_from_features(
     )
     block = None if block_size is None else _check_count(block_size, "block_size", 1)
     indptr, indices, ranks, drops = _core.mine_from_features(q, g, targets, *args.native(), block)
-    return HardNegatives(indptr=indptr, indices=indices, target_rank=ranks, drops=drops)
+    return HardNegatives(
+        indptr=indptr,
+        indices=indices,
+        target_rank=ranks,
+        drops=drops,
+        tail_length=tail_lengths(ranks, n_gallery, args.max_rank),
+    )
 
 
 def simd_kernel() -> str:

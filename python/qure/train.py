@@ -3,7 +3,10 @@
 Methods (all share the loop, the optimiser and the schedule):
 
 - ``qure``: reward (Bradley-Terry) loss, one negative per query per epoch drawn from the band
-  between the two steepest score drops after the target (``qure.mine_from_features``).
+  between the two steepest score drops after the target (``qure.mine_from_features``), looked
+  for among the first ``max_rank`` items after the target (``None``: the whole tail, as the
+  released code does). Every re-mining logs where the bands sit in their tails
+  (:meth:`HardNegatives.diagnostics`) and warns when most of them are degenerate.
 - ``contrastive``: in-batch InfoNCE (every other target in the batch is a negative).
 - ``topk``: reward loss, negatives drawn from the K highest-scored non-targets.
 - ``random``: reward loss, negatives drawn uniformly from the corpus minus the target.
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +79,9 @@ class CIRTrainData:
     n_gallery: int | None = None  # default: the whole pool
     query_groups: np.ndarray | None = None  # (Q,) mining group of each query
     gallery_groups: np.ndarray | None = None  # (n_gallery,) mining group of each gallery image
+    # Per query, other gallery images known to answer it too (e.g. CIRCO's extra ground truths):
+    # never drawn as negatives (mined or random). Contrastive in-batch negatives ignore them.
+    positives: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         q = len(self.target)
@@ -97,6 +104,15 @@ class CIRTrainData:
             len(self.query_groups) != q or len(self.gallery_groups) != g
         ):
             raise ValueError("query_groups must be (Q,) and gallery_groups (n_gallery,)")
+        if self.positives is not None:
+            if len(self.positives) != q:
+                raise ValueError(
+                    f"positives must hold one list per query ({q}), got {len(self.positives)}"
+                )
+            self.positives = [np.asarray(p, dtype=np.int64).reshape(-1) for p in self.positives]
+            for i, p in enumerate(self.positives):
+                if p.size and (p.min() < 0 or p.max() >= g):
+                    raise ValueError(f"positives[{i}] holds indices outside the gallery of {g}")
 
     def __len__(self) -> int:
         return len(self.target)
@@ -115,6 +131,9 @@ class TrainConfig:
     topk_k: int = 10
     consecutive_threshold: int = 1
     pairing: str = "consecutive"
+    # QuRe looks for the two drops among the first max_rank items after the target; None is the
+    # released code's whole-tail rule (use it to reproduce the paper). See docs/benchmark.md.
+    max_rank: int | None = None
     seed: int = 0
     amp: bool = True
     device: str = "auto"
@@ -132,6 +151,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay non-negative")
+        if self.max_rank is not None and (
+            isinstance(self.max_rank, bool)
+            or not isinstance(self.max_rank, (int, np.integer))
+            or self.max_rank < 1
+        ):
+            raise ValueError(f"max_rank must be a positive integer or None, got {self.max_rank!r}")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume needs checkpoint_dir")
 
@@ -143,10 +168,15 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` leaves: per-epoch log records and the last mined negatives."""
+    """What :func:`train` leaves: per-epoch log records, the last mined negatives, and for the
+    epochs this call ran the batch order (``orders[e]``, (Q,) query indices; batches are its
+    consecutive ``batch_size`` slices) and, for reward methods, the negative each query's loss
+    used (``drawn[e]``, (Q,) pool indices)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     negatives: HardNegatives | None = None
+    orders: list[np.ndarray] = field(default_factory=list)
+    drawn: list[np.ndarray] = field(default_factory=list)
 
 
 def _device(name: str) -> torch.device:
@@ -220,11 +250,29 @@ def encode_split(
     return torch.cat(queries)[:keep_queries].numpy(), torch.cat(tokens)[:keep_gallery].numpy()
 
 
-def _random_negatives(n_pool: int, target: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """One uniform draw per query from the pool minus its target."""
+def _random_negatives(
+    n_pool: int,
+    target: np.ndarray,
+    seed: int,
+    epoch: int,
+    positives: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """One uniform draw per query from the pool minus its target (and its known positives)."""
     rng = np.random.default_rng([seed, epoch, 0x52414E44])
     draw = rng.integers(0, n_pool - 1, size=len(target))
-    return draw + (draw >= target)
+    draw = draw + (draw >= target)
+    if positives is None:
+        return draw
+    # Redraw the hits of known positives (rejection sampling keeps the draw uniform).
+    bad = np.array([int(d) in set(p.tolist()) for d, p in zip(draw, positives)], dtype=bool)
+    for _ in range(1000):
+        rows = np.nonzero(bad)[0]
+        if not rows.size:
+            break
+        again = rng.integers(0, n_pool - 1, size=rows.size)
+        draw[rows] = again + (again >= target[rows])
+        bad[rows] = [int(draw[r]) in set(positives[r].tolist()) for r in rows]
+    return draw
 
 
 def _mine_group(
@@ -233,6 +281,7 @@ def _mine_group(
     target: np.ndarray,
     gallery_ids: np.ndarray | None,
     config: TrainConfig,
+    positives: list[np.ndarray] | None = None,
 ) -> HardNegatives:
     if config.method == "qure":
         return mine_from_features(
@@ -241,9 +290,11 @@ def _mine_group(
             target,
             consecutive_threshold=config.consecutive_threshold,
             pairing=config.pairing,
+            max_rank=config.max_rank,
+            positives=positives,
             gallery_ids=gallery_ids,
         )
-    # topk: the K highest-scored items other than the target.
+    # topk: the K highest-scored items other than the target (and its known positives).
     q = len(target)
     k = min(config.topk_k, len(tokens) - 1)
     if k < 1:
@@ -253,10 +304,15 @@ def _mine_group(
             target_rank=np.full(q, -1, dtype=np.int64),
             drops=np.full((q, 2), -1, dtype=np.int64),
         )
-    _, indices = topk(queries, tokens, k, exclude=target)
+    exclude: Any = target
+    if positives is not None:
+        exclude = [np.append(p, t) for p, t in zip(positives, target)]
+    _, indices = topk(queries, tokens, k, exclude=exclude)
+    bands = [row[row >= 0] for row in indices.astype(np.int64)]  # short rows are -1-padded
+    sizes = np.array([len(b) for b in bands], dtype=np.int64)
     return HardNegatives(
-        indptr=np.arange(0, q * k + 1, k, dtype=np.int64),
-        indices=indices.reshape(-1).astype(np.int64),
+        indptr=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        indices=np.concatenate(bands) if q else np.zeros(0, dtype=np.int64),
         target_rank=np.full(q, -1, dtype=np.int64),
         drops=np.full((q, 2), -1, dtype=np.int64),
     )
@@ -302,14 +358,18 @@ def _mine_rows(
 ) -> HardNegatives:
     """Bands of the queries ``query_rows`` (features ``queries``) against the whole gallery."""
     target = data.target[query_rows.start : query_rows.stop]
+    positives = (
+        None if data.positives is None else data.positives[query_rows.start : query_rows.stop]
+    )
     if data.query_groups is None:
-        return _mine_group(queries, tokens, target, data.gallery_ids, config)
+        return _mine_group(queries, tokens, target, data.gallery_ids, config, positives)
     # Mine each group against its own gallery, then put the bands back in query order.
     query_groups = data.query_groups[query_rows.start : query_rows.stop]
     q = len(target)
     bands: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * q
     ranks = np.full(q, -1, dtype=np.int64)
     drops = np.full((q, 2), -1, dtype=np.int64)
+    tails = np.full(q, -1, dtype=np.int64)
     for group in np.unique(query_groups):
         rows = np.nonzero(query_groups == group)[0]
         cols = np.nonzero(data.gallery_groups == group)[0]
@@ -319,17 +379,23 @@ def _mine_rows(
         if (targets < 0).any():
             raise ValueError(f"a target of mining group {group} lies outside the group's gallery")
         ids = None if data.gallery_ids is None else data.gallery_ids[cols]
-        mined = _mine_group(queries[rows], tokens[cols], targets, ids, config)
+        group_positives = None
+        if positives is not None:  # in group-local indices; positives outside the group go
+            group_positives = [local[p][local[p] >= 0] for p in (positives[r] for r in rows)]
+        mined = _mine_group(queries[rows], tokens[cols], targets, ids, config, group_positives)
         for j, row in enumerate(rows):
             bands[row] = cols[mined[j]]
         ranks[rows] = mined.target_rank
         drops[rows] = mined.drops
+        if mined.tail_length is not None:
+            tails[rows] = mined.tail_length
     sizes = np.array([len(b) for b in bands], dtype=np.int64)
     return HardNegatives(
         indptr=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         indices=np.concatenate(bands).astype(np.int64) if q else np.zeros(0, dtype=np.int64),
         target_rank=ranks,
         drops=drops,
+        tail_length=tails if config.method == "qure" else None,
     )
 
 
@@ -342,7 +408,10 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
 def _negatives_state(negatives: HardNegatives | None) -> dict[str, np.ndarray] | None:
     if negatives is None:
         return None
-    return {f: getattr(negatives, f) for f in ("indptr", "indices", "target_rank", "drops")}
+    return {
+        f: getattr(negatives, f)
+        for f in ("indptr", "indices", "target_rank", "drops", "tail_length")
+    }
 
 
 def train(
@@ -414,12 +483,24 @@ def train(
             if config.method in ("qure", "topk") and epoch >= period and epoch % period == 0:
                 negatives = _mine(model, data, config, device)
                 mined_now = True
+                if negatives.tail_length is not None:
+                    record["mining"] = negatives.diagnostics()
+                    message = negatives.degenerate_warning()
+                    if message is not None and lead:
+                        warnings.warn(
+                            f"{config.method} epoch {epoch}: {message}",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
             sampler = (
                 NegativeSampler(negatives, seed=config.seed) if negatives is not None else None
             )
             order = np.random.default_rng([config.seed, epoch]).permutation(len(data))
+            result.orders.append(order)
             if reward:
-                fallback = _random_negatives(n_pool, data.target, config.seed, epoch)
+                fallback = _random_negatives(
+                    n_pool, data.target, config.seed, epoch, data.positives
+                )
                 if sampler is not None and config.method in ("qure", "topk"):
                     drawn = sampler.sample(np.arange(len(data)), epoch)
                     empty = drawn < 0
@@ -428,6 +509,7 @@ def train(
                 else:
                     epoch_negatives = fallback
                     record["fallbacks"] = 0
+                result.drawn.append(epoch_negatives)
             model.train()
             losses = []
             batches = range(0, len(order), config.batch_size)

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-from .shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_shapes_benchmark
+from .shapes import (
+    SAME_DESIGN,
+    ShapesBenchmark,
+    ShapesSplit,
+    build_open_shapes_benchmark,
+    build_shapes_benchmark,
+)
 
-__all__ = ["SAME_DESIGN", "ShapesBenchmark", "ShapesSplit", "build_shapes_benchmark"]
+__all__ = [
+    "SAME_DESIGN",
+    "ShapesBenchmark",
+    "ShapesSplit",
+    "build_open_shapes_benchmark",
+    "build_shapes_benchmark",
+]

@@ -32,6 +32,27 @@ centre).
   0.6/0.2/0.2 from the seed), so their galleries share no image, and val/test queries only
   involve object combinations never seen in training (every single object is seen, though).
 
+Open edits (``open_edits > 0``; the preset of :func:`build_open_shapes_benchmark`, designed in
+``docs/benchmark.md``): a share of the queries get a text that leaves part of the edit open, as
+FashionIQ's relative captions do ("is darker and has short sleeves"):
+
+* colour: "change the colour of the circle" (any new colour),
+* add: "add a square" / "add a small square" / "add a green square" (the unnamed colour and/or
+  size are open; for every add, closed or open, so is the cell),
+* remove: "remove one of the shapes" (any object),
+* resize: "make one of the shapes bigger" (any object of the other size).
+
+Every edit the text allows (a *completion*), with the untouched objects where they were, is an
+equally valid answer; only the annotated target's design must belong to the split (the other
+answers' designs may come from any split, so val/test answers may be combinations seen in
+training, though never as a target of a training query). ``open_answers`` further valid
+answers per query (where the text allows that many) are rendered into the gallery, so several
+gallery images answer a query exactly as well as its annotated target: real, indistinguishable
+false negatives. Relevance then is 1.0 for every valid answer, ``SAME_DESIGN`` for a valid
+answer's objects in another layout, otherwise ``0.5 * Jaccard`` with the annotated target.
+With ``open_edits = 0`` and ``open_answers = 0`` (the defaults) the build is the one above,
+bit for bit.
+
 Everything is deterministic given the seed.
 """
 
@@ -48,6 +69,8 @@ from typing import Optional
 import numpy as np
 
 __all__ = [
+    "OPEN_PRESET",
+    "build_open_shapes_benchmark",
     "COLOURS",
     "SAME_DESIGN",
     "SHAPES",
@@ -121,6 +144,32 @@ _SMALLER_TEMPLATES = (
     "the {ref} should be smaller",
     "make the {ref} tiny",
 )
+# Open edits: the text leaves part of the edit to the answerer.
+_OPEN_COLOUR_TEMPLATES = (
+    "change the colour of the {ref}",
+    "make the {ref} a different colour",
+    "give the {ref} another colour",
+    "recolour the {ref}",
+)
+_OPEN_REMOVE_TEMPLATES = (
+    "remove one of the shapes",
+    "take away one of the objects",
+    "delete one shape",
+    "get rid of one of the objects",
+)
+_OPEN_BIGGER_TEMPLATES = (
+    "make one of the shapes bigger",
+    "enlarge one of the objects",
+    "make one shape larger",
+)
+_OPEN_SMALLER_TEMPLATES = (
+    "make one of the shapes smaller",
+    "shrink one of the objects",
+    "make one shape tiny",
+)
+
+OPEN_PRESET: dict[str, float] = {"open_edits": 0.75, "open_answers": 4}
+"""The open-edit benchmark of ``docs/benchmark.md`` (``build_open_shapes_benchmark``)."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +206,10 @@ def _split_obj(o: int) -> tuple[int, int, int]:
 class ShapesSplit:
     """One split: its gallery, its queries and the graded relevance of every pair.
 
-    ``edits[q]`` is query ``q``'s exact modification and ``cells[g]`` the grid cell (row-major,
-    ``0 .. 8``) of each object of gallery image ``g``, aligned with ``objects[g]``.
+    ``edits[q]`` is query ``q``'s exact modification (the annotated one, for open texts) and
+    ``cells[g]`` the grid cell (row-major, ``0 .. 8``) of each object of gallery image ``g``,
+    aligned with ``objects[g]``. ``open[q]`` says whether query ``q``'s text leaves part of the
+    edit open.
     """
 
     name: str
@@ -171,6 +222,7 @@ class ShapesSplit:
     relevance: np.ndarray
     edits: list[Edit] = field(default_factory=list)
     cells: list[tuple[int, ...]] = field(default_factory=list)
+    open: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         """Number of queries."""
@@ -286,6 +338,53 @@ def _referring(design: tuple[int, ...], o: int, rng: np.random.Generator) -> str
         words.append(COLOURS[c])
     words.append(SHAPES[s])
     return " ".join(words)
+
+
+def _completions(
+    design: tuple[int, ...], kind: str, old: int, new: int, named: str
+) -> list[tuple[int, int]]:
+    """Every (old, new) edit of ``design`` that a text naming ``named`` of the edit allows.
+
+    ``named``: "all" (a closed text), or for open texts "object" (colour: the object, not the
+    colour), "none" (remove/resize: the object is open), or for add what is named besides the
+    shape: "size", "colour" or "shape" (neither).
+    """
+    if named == "all":
+        return [(old, new)]
+    if kind == "colour":
+        return [(o, n) for o, n in _edit_options(design, "colour") if o == old]
+    if kind == "remove":
+        return [(o, -1) for o in design]
+    if kind == "resize":
+        return [(o, o ^ 1) for o in design if o % 2 == old % 2]
+    s, c, z = _split_obj(new)
+    out = []
+    for _, n in _edit_options(design, "add"):
+        s2, c2, z2 = _split_obj(n)
+        if s2 == s and (named != "size" or z2 == z) and (named != "colour" or c2 == c):
+            out.append((-1, n))
+    return out
+
+
+def _open_text(
+    design: tuple[int, ...], kind: str, old: int, new: int, rng: np.random.Generator
+) -> tuple[str, str]:
+    """An open text for the edit, and what it names (see :func:`_completions`)."""
+
+    def pick(templates: tuple[str, ...]) -> str:
+        return templates[int(rng.integers(len(templates)))]
+
+    if kind == "colour":
+        return pick(_OPEN_COLOUR_TEMPLATES).format(ref=_referring(design, old, rng)), "object"
+    if kind == "remove":
+        return pick(_OPEN_REMOVE_TEMPLATES), "none"
+    if kind == "resize":
+        grows = new % 2 == 1
+        return pick(_OPEN_BIGGER_TEMPLATES if grows else _OPEN_SMALLER_TEMPLATES), "none"
+    s, c, z = _split_obj(new)
+    named = ("size", "colour", "shape")[int(rng.integers(3))]
+    words = {"size": f"{SIZES[z]} {SHAPES[s]}", "colour": f"{COLOURS[c]} {SHAPES[s]}"}
+    return pick(_ADD_TEMPLATES).format(new=words.get(named, SHAPES[s])), named
 
 
 def _text(design: tuple[int, ...], kind: str, old: int, new: int, rng: np.random.Generator) -> str:
@@ -428,6 +527,8 @@ def _build_split(
     distractors: float,
     image_size: int,
     rng: np.random.Generator,
+    open_edits: float = 0.0,
+    open_answers: int = 0,
 ) -> ShapesSplit:
     designs, design_index = _universe()
     pool = {
@@ -439,6 +540,9 @@ def _build_split(
     tgts: list[int] = []
     texts: list[str] = []
     edits: list[tuple[str, int, int]] = []
+    is_open: list[bool] = []
+    # Per query, its valid answers: (design id, ((object, cell), ...) fixed by the reference).
+    answers: list[list[tuple[int, tuple[tuple[int, int], ...]]]] = []
     seen: set[tuple[int, int, int]] = set()
 
     kinds = rng.permutation(np.arange(n_queries) % len(KINDS))
@@ -494,8 +598,29 @@ def _build_split(
         )
         refs.append(ref)
         tgts.append(tgt)
-        texts.append(_text(d, kind, old, new, rng))
+        opened = open_edits > 0 and bool(rng.random() < open_edits)
+        if opened:
+            text, named = _open_text(d, kind, old, new, rng)
+        else:
+            text, named = _text(d, kind, old, new, rng), "all"
+        texts.append(text)
         edits.append((kind, old, new))
+        is_open.append(opened)
+        if open_edits > 0 or open_answers > 0:
+            ref_where = {o: (c, j) for o, c, j in zip(d, cells, jitter)}
+            valid, layouts = _valid_answers(d, kind, old, new, named, ref_where)
+            answers.append(valid)
+            # Render up to open_answers further valid answers (other completions and cells).
+            own = (tgt_design, gal.cells[tgt])
+            layouts = [lay for lay in layouts if (lay[0], lay[1]) != own]
+            for i in rng.permutation(len(layouts))[:open_answers]:
+                dd, cc, placed_new = layouts[int(i)]
+                td2 = designs[dd]
+                jit = tuple(
+                    gal.random_jitter(o) if o == placed_new else _clamped(ref_where, o, td2, d, gal)
+                    for o in td2
+                )
+                gal.add(dd, len(td2), cc, jit)
 
     # Further renderings of every target design: real false negatives.
     for t in dict.fromkeys(gal.design[t] for t in tgts):
@@ -544,6 +669,8 @@ def _build_split(
     reference = inv[np.asarray(refs, dtype=np.int64)]
     target = inv[np.asarray(tgts, dtype=np.int64)]
     relevance = _relevance(gallery_design, target)
+    if answers:
+        _grade_answers(relevance, answers, gallery_design, cells_out, target)
     edit_objs = [
         Edit(kind, _OBJS[old] if old >= 0 else None, _OBJS[new] if new >= 0 else None)
         for kind, old, new in edits
@@ -559,7 +686,84 @@ def _build_split(
         relevance=relevance,
         edits=edit_objs,
         cells=cells_out,
+        open=np.asarray(is_open, dtype=bool),
     )
+
+
+def _clamped(
+    ref_where: dict[int, tuple[int, tuple[int, int]]],
+    o: int,
+    design: tuple[int, ...],
+    ref_design: tuple[int, ...],
+    gal: _Gallery,
+) -> tuple[int, int]:
+    """Jitter of object ``o`` of an answer: the reference's (of ``o``, or of the object it
+    replaced), clamped to ``o``'s size."""
+    if o in ref_where:
+        jit = ref_where[o][1]
+    else:  # recoloured or resized: the replaced object is the one of ref_design not in design
+        gone = [x for x in ref_design if x not in design]
+        jit = ref_where[gone[0]][1] if gone else (0, 0)
+    lim = gal.max_jitter[o % 2]
+    return (max(-lim, min(lim, jit[0])), max(-lim, min(lim, jit[1])))
+
+
+def _valid_answers(
+    d: tuple[int, ...],
+    kind: str,
+    old: int,
+    new: int,
+    named: str,
+    ref_where: dict[int, tuple[int, tuple[int, int]]],
+) -> tuple[list[tuple[int, tuple[tuple[int, int], ...]]], list[tuple[int, tuple[int, ...], int]]]:
+    """A query's valid answers: per completion in the split, its design and the cells the
+    reference fixes (every object but an added one); and every concrete layout of them
+    (design, cells aligned with the design's objects, the added object or -1)."""
+    designs, design_index = _universe()
+    valid = []
+    layouts = []
+    for o_old, o_new in _completions(d, kind, old, new, named):
+        dd = design_index[_apply(d, o_old, o_new)]
+        # Only the annotated target's design must belong to the split (it does): the other
+        # answers' designs may come from any split, or open texts in val/test would have
+        # hardly any second answer (a design is in a split with probability 0.2).
+        fixed = {o: c for o, (c, _) in ref_where.items() if o != o_old}
+        if o_old >= 0 and o_new >= 0:  # recoloured / resized in place
+            fixed[o_new] = ref_where[o_old][0]
+        valid.append((dd, tuple(sorted(fixed.items()))))
+        td = designs[dd]
+        if o_old >= 0:
+            layouts.append((dd, tuple(fixed[o] for o in td), -1))
+        else:
+            used = set(fixed.values())
+            for cell in range(GRID * GRID):
+                if cell not in used:
+                    placed = {**fixed, o_new: cell}
+                    layouts.append((dd, tuple(placed[o] for o in td), o_new))
+    return valid, layouts
+
+
+def _grade_answers(
+    relevance: np.ndarray,
+    answers: list[list[tuple[int, tuple[tuple[int, int], ...]]]],
+    gallery_design: np.ndarray,
+    cells: list[tuple[int, ...]],
+    target: np.ndarray,
+) -> None:
+    """Raises grades in place: ``SAME_DESIGN`` for a valid answer's design in any layout, 1.0
+    where the layout is the one the reference fixes."""
+    designs = _universe()[0]
+    by_design: dict[int, list[int]] = {}
+    for g, dd in enumerate(gallery_design.tolist()):
+        by_design.setdefault(dd, []).append(g)
+    for q, valid in enumerate(answers):
+        for dd, fixed in valid:
+            order = designs[dd]
+            for g in by_design.get(dd, ()):
+                where = dict(zip(order, cells[g]))
+                ok = all(where[o] == c for o, c in fixed)
+                relevance[q, g] = max(relevance[q, g], 1.0 if ok else SAME_DESIGN)
+        relevance[q, target[q]] = 1.0
 
 
 @functools.cache
@@ -604,6 +808,8 @@ def build_shapes_benchmark(
     layouts_per_design: int = 3,
     distractors: float = 0.5,
     image_size: int = 32,
+    open_edits: float = 0.0,
+    open_answers: int = 0,
 ) -> ShapesBenchmark:
     """Builds the train/val/test splits of the shapes CIR benchmark, deterministically.
 
@@ -612,6 +818,8 @@ def build_shapes_benchmark(
     among them), so each query has at least ``layouts_per_design - 1`` same-design false
     negatives. ``distractors``: random extra scenes, as a fraction of the gallery built for the
     queries (0.5 adds half as many again). ``image_size``: side of the square images in pixels.
+    ``open_edits``: share of queries whose text leaves part of the edit open; ``open_answers``:
+    further valid answers rendered per query where its text allows them (module docstring).
     """
     seed = _check_int("seed", seed, 0, 2**63 - 1)
     if not isinstance(n_queries, (tuple, list)) or len(n_queries) != 3:
@@ -628,6 +836,13 @@ def build_shapes_benchmark(
     ):
         raise ValueError(f"distractors must be a number in [0, 10], got {distractors!r}")
     image_size = _check_int("image_size", image_size, _MIN_IMAGE_SIZE, _MAX_IMAGE_SIZE)
+    if (
+        isinstance(open_edits, bool)
+        or not isinstance(open_edits, (int, float, np.integer, np.floating))
+        or not 0.0 <= float(open_edits) <= 1.0
+    ):
+        raise ValueError(f"open_edits must be a number in [0, 1], got {open_edits!r}")
+    open_answers = _check_int("open_answers", open_answers, 0, _MAX_LAYOUTS)
 
     designs, _ = _universe()
     root = np.random.SeedSequence(seed)
@@ -645,6 +860,8 @@ def build_shapes_benchmark(
             float(distractors),
             image_size,
             np.random.default_rng(query_seeds[i]),
+            float(open_edits),
+            open_answers,
         )
         for i, name in enumerate(SPLITS)
     ]
@@ -655,4 +872,18 @@ def build_shapes_benchmark(
         test=splits[2],
         vocab=["<pad>", "<unk>", *words],
         image_size=image_size,
+    )
+
+
+def build_open_shapes_benchmark(
+    seed: int = 0, *, n_queries: tuple[int, int, int] = (2000, 400, 400)
+) -> ShapesBenchmark:
+    """The open-edit shapes benchmark of ``docs/benchmark.md``: ``OPEN_PRESET`` on top of the
+    default build (3 of 4 texts leave part of the edit open; up to 4 further valid answers per
+    query in the gallery)."""
+    return build_shapes_benchmark(
+        seed,
+        n_queries=n_queries,
+        open_edits=OPEN_PRESET["open_edits"],
+        open_answers=int(OPEN_PRESET["open_answers"]),
     )
