@@ -72,6 +72,18 @@ def _print_summary(source: str, negatives: HardNegatives, elapsed: float) -> Non
             f"R@1 {np.mean(ranks < 1):.3f}, R@10 {np.mean(ranks < 10):.3f}"
         )
         print(f"band size: min {sizes.min()}, max {sizes.max()}, std {sizes.std():.1f}")
+        if negatives.tail_length is not None:
+            d = negatives.diagnostics()
+            print(
+                f"band location (share of the tail after the target; median tail "
+                f"{d['tail_median']:g} items): start q10/50/90 {d['start_q10']:.2f}/"
+                f"{d['start_q50']:.2f}/{d['start_q90']:.2f}, end q10/50/90 {d['end_q10']:.2f}/"
+                f"{d['end_q50']:.2f}/{d['end_q90']:.2f}; at the bottom "
+                f"{100 * d['at_bottom']:.0f}%, spanning half {100 * d['spanning']:.0f}%"
+            )
+            warning = negatives.degenerate_warning()
+            if warning:
+                print(f"warning: {warning}")
         first = negatives[0][:10].tolist()
         more = " ..." if sizes[0] > 10 else ""
         print(
@@ -99,10 +111,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         settings.split = args.split
     if args.threads is not None:
         set_num_threads(args.threads)
-        import torch
-
-        torch.set_num_threads(args.threads)
-    run_demo(args.out, settings, progress=not args.no_progress)
+    run_demo(args.out, settings, progress=not args.no_progress, workers=args.workers)
     return 0
 
 
@@ -181,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         "qure-w<M>, contrastive, topk, topk-oracle, random",
     )
     demo.add_argument("--split", default=None, choices=["val", "test"], help="evaluation split")
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="fine-tuning runs in parallel processes (default: one per core, at most 4); each "
+        "run uses one torch thread, so results do not depend on it",
+    )
+    demo.add_argument("--threads", type=int, default=None, help="qure's own (mining) threads")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 

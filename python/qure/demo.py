@@ -22,8 +22,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import multiprocessing
+import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -324,48 +327,179 @@ def _mining_summary(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class _Context:
+    """What every fine-tuning run needs; rebuilt once per worker process."""
+
+    bench: ShapesBenchmark
+    train_data: CIRTrainData
+    val_data: CIRTrainData
+    eval_split: ShapesSplit
+    eval_data: CIRTrainData
+    system_sets: list[np.ndarray]
+    start_state: dict[str, torch.Tensor]
+    settings: DemoSettings
+    out: Path
+    oracle_data: CIRTrainData | None = None
+
+    @classmethod
+    def build(
+        cls,
+        settings: DemoSettings,
+        out: Path,
+        start_state: dict[str, torch.Tensor] | None = None,
+        system_sets: list[np.ndarray] | None = None,
+    ) -> _Context:
+        bench = build_open_shapes_benchmark(settings.benchmark_seed, n_queries=settings.n_queries)
+        eval_split = bench.val if settings.split == "val" else bench.test
+        return cls(
+            bench=bench,
+            train_data=_train_data(bench, bench.train),
+            val_data=_train_data(bench, bench.val),
+            eval_split=eval_split,
+            eval_data=_train_data(bench, eval_split),
+            system_sets=system_sets or [],
+            start_state=start_state or {},
+            settings=settings,
+            out=out,
+        )
+
+    def validate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        """Per-epoch validation metrics for the training log and the curves."""
+        data = self.val_data
+        scores = _split_scores(model, data)
+        ranks = target_ranks(scores, data.target, exclude=data.reference)
+        return {
+            "val_R@10": recall_at_k(ranks, ks=(10,))["R@10"],
+            "val_nDCG@10": ndcg_at_k(
+                _ranked(scores, 10, data.reference), self.bench.val.relevance, k=10
+            ),
+        }
+
+    def fine_tune(self, arm_name: str, seed: int, progress: bool) -> dict[str, Any]:
+        """One arm, one seed, from the shared start: metrics, curve, mining record, weights."""
+        arm = parse_arm(arm_name)
+        settings = self.settings
+        if arm.oracle and self.oracle_data is None:
+            self.oracle_data = _train_data(self.bench, self.bench.train, oracle=True)
+        data = self.oracle_data if arm.oracle else self.train_data
+        model = TinyCIRModel(len(self.bench.vocab))
+        model.load_state_dict(self.start_state)
+        torch.manual_seed(seed)
+        config = TrainConfig(
+            method=arm.method,
+            epochs=settings.finetune_epochs,
+            lr=settings.finetune_lr,
+            batch_size=settings.batch_size,
+            seed=seed,
+            max_rank=arm.max_rank,
+            progress=progress,
+            log_path=str(self.out / f"train-{arm.name}-seed{seed}.jsonl"),
+        )
+        log = Path(config.log_path or "")
+        if log.exists():
+            log.unlink()  # a rerun into the same folder starts a fresh log
+        history = train(model, data, config, evaluate=self.validate)
+        metrics: dict[str, Any] = _evaluate(
+            model, self.eval_data, self.eval_split.relevance, self.system_sets
+        )
+        metrics["fn_rate"] = used_false_negative_rate(
+            arm.method,
+            history.drawn,
+            history.orders,
+            self.train_data.target,
+            self.bench.train.relevance,
+            settings.batch_size,
+        )
+        mining = _mining_summary(history.history)
+        last = mining[-1] if mining else {}
+        metrics["band_size"] = last.get("band_mean", math.nan)
+        metrics["band_start"] = 100 * last.get("start_q50", math.nan)
+        metrics["degenerate"] = 100 * last.get("degenerate", math.nan)
+        curve = [{k: r[k] for k in ("epoch", "val_R@10", "val_nDCG@10")} for r in history.history]
+        return {
+            "arm": arm.name,
+            "seed": seed,
+            "metrics": metrics,
+            "mining": mining,
+            "curve": curve,
+            "state": model.state_dict() if seed == settings.seeds[0] else None,
+        }
+
+
+_WORKER: dict[str, _Context] = {}
+
+
+def _init_worker(
+    settings: DemoSettings,
+    out: Path,
+    start_state: dict[str, torch.Tensor],
+    system_sets: list[np.ndarray],
+) -> None:
+    torch.set_num_threads(1)
+    _WORKER["context"] = _Context.build(settings, out, start_state, system_sets)
+
+
+def _worker_fine_tune(arm_name: str, seed: int) -> dict[str, Any]:
+    return _WORKER["context"].fine_tune(arm_name, seed, progress=False)
+
+
+def default_workers() -> int:
+    """Fine-tuning runs in parallel: one process per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def run_demo(
     out_dir: str | Path = "qure-demo",
     settings: DemoSettings | None = None,
     *,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Runs the demo; writes report.json, report.md and plots into ``out_dir``.
 
-    Status lines (with the run count and an estimate of the time left) are always printed;
-    ``progress`` adds per-epoch progress bars.
+    Every training run uses one torch thread, so results are bit-identical whatever the machine's
+    thread count; ``workers`` fine-tuning runs go in parallel processes (default: one per core,
+    at most 4; 1 runs them in this process). Status lines (with the run count and an estimate
+    of the time left) are always printed; ``progress`` adds per-epoch progress bars (pretraining,
+    and the runs when ``workers`` is 1).
     """
     settings = settings or DemoSettings()
     settings.validate()
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     arms = [parse_arm(name) for name in settings.arms]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out, settings, arms, progress, workers, started)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _run(
+    out: Path,
+    settings: DemoSettings,
+    arms: list[Arm],
+    progress: bool,
+    workers: int,
+    started: float,
+) -> dict[str, Any]:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
-    bench = build_open_shapes_benchmark(settings.benchmark_seed, n_queries=settings.n_queries)
-    train_data = _train_data(bench, bench.train)
-    val_data = _train_data(bench, bench.val)
-    eval_split = bench.val if settings.split == "val" else bench.test
-    eval_data = _train_data(bench, eval_split)
-
-    def validate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        """Per-epoch validation metrics for the training log and the curves."""
-        scores = _split_scores(model, val_data)
-        ranks = target_ranks(scores, val_data.target, exclude=val_data.reference)
-        return {
-            "val_R@10": recall_at_k(ranks, ks=(10,))["R@10"],
-            "val_nDCG@10": ndcg_at_k(
-                _ranked(scores, 10, val_data.reference), bench.val.relevance, k=10
-            ),
-        }
-
+    context = _Context.build(settings, out)
+    bench, train_data, eval_data = context.bench, context.train_data, context.eval_data
+    total = len(arms) * len(settings.seeds)
     say(
         f"open-edit shapes benchmark: {len(train_data)} train queries over a pool of "
         f"{len(train_data.images)} images; {len(eval_data)} {settings.split} queries over "
-        f"{len(eval_data.images)} images; {len(arms)} arms x {len(settings.seeds)} seeds"
+        f"{len(eval_data.images)} images; {len(arms)} arms x {len(settings.seeds)} seeds = "
+        f"{total} fine-tuning runs, {min(workers, total)} at a time"
     )
 
     torch.manual_seed(settings.benchmark_seed)
@@ -391,84 +525,81 @@ def run_demo(
     say("pretrained")
 
     # Other retrieval systems' top-5 sets (pretraining snapshots), as in HP-FashionIQ.
-    system_sets = []
     for state in snapshots[-4:]:
         system = TinyCIRModel(len(bench.vocab))
         system.load_state_dict(state)
-        system_sets.append(_ranked(_split_scores(system, eval_data), 5, eval_data.reference))
-
-    results: dict[str, dict[str, list[float]]] = {a.name: {k: [] for k in METRICS} for a in arms}
-    start_metrics = _evaluate(start_model, eval_data, eval_split.relevance, system_sets)
+        context.system_sets.append(
+            _ranked(_split_scores(system, eval_data), 5, eval_data.reference)
+        )
+    context.start_state = copy.deepcopy(start_model.state_dict())
+    start_metrics = _evaluate(
+        start_model, eval_data, context.eval_split.relevance, context.system_sets
+    )
     say(
         f"start model: R@10 {start_metrics['R@10']:.1f}  nDCG@10 {start_metrics['nDCG@10']:.3f}  "
         f"pref {start_metrics['preference_rate']:.1f}"
     )
-    runs: list[dict[str, Any]] = [{"arm": "start (pretrained)", "seed": None, **start_metrics}]
-    curves: dict[str, list[list[dict[str, float]]]] = {a.name: [] for a in arms}
-    keep: dict[str, torch.nn.Module] = {}
-    oracle_data = None
-    total = len(arms) * len(settings.seeds)
-    done = 0
+
+    jobs = [(arm.name, seed) for seed in settings.seeds for arm in arms]
+    outcomes: dict[tuple[str, int], dict[str, Any]] = {}
     loop_started = time.perf_counter()
-    for seed in settings.seeds:
-        for arm in arms:
-            if arm.oracle and oracle_data is None:
-                oracle_data = _train_data(bench, bench.train, oracle=True)
-            data = oracle_data if arm.oracle else train_data
-            model = copy.deepcopy(start_model)
-            torch.manual_seed(seed)
-            config = TrainConfig(
-                method=arm.method,
-                epochs=settings.finetune_epochs,
-                lr=settings.finetune_lr,
-                batch_size=settings.batch_size,
-                seed=seed,
-                max_rank=arm.max_rank,
-                progress=progress,
-                log_path=str(out / f"train-{arm.name}-seed{seed}.jsonl"),
+
+    def report_run(outcome: dict[str, Any]) -> None:
+        outcomes[(outcome["arm"], outcome["seed"])] = outcome
+        done = len(outcomes)
+        m = outcome["metrics"]
+        per_run = (time.perf_counter() - loop_started) / done
+        band = ""
+        if outcome["mining"]:
+            last = outcome["mining"][-1]
+            band = (
+                f"  band {last['band_mean']:.0f} (median start at "
+                f"{100 * last['start_q50']:.0f}% of the tail, "
+                f"{100 * last['degenerate']:.0f}% degenerate)"
             )
-            history = train(model, data, config, evaluate=validate)
-            metrics: dict[str, Any] = _evaluate(model, eval_data, eval_split.relevance, system_sets)
-            metrics["fn_rate"] = used_false_negative_rate(
-                arm.method,
-                history.drawn,
-                history.orders,
-                train_data.target,
-                bench.train.relevance,
-                settings.batch_size,
-            )
-            mining = _mining_summary(history.history)
-            last = mining[-1] if mining else {}
-            metrics["band_size"] = last.get("band_mean", math.nan)
-            metrics["band_start"] = 100 * last.get("start_q50", math.nan)
-            metrics["degenerate"] = 100 * last.get("degenerate", math.nan)
-            for name in METRICS:
-                results[arm.name][name].append(metrics[name])
-            curves[arm.name].append(
-                [{k: r[k] for k in ("epoch", "val_R@10", "val_nDCG@10")} for r in history.history]
-            )
-            runs.append({"arm": arm.name, "seed": seed, **metrics, "mining": mining})
-            if seed == settings.seeds[0]:
-                keep[arm.name] = model
-            done += 1
-            per_run = (time.perf_counter() - loop_started) / done
-            band = ""
-            if mining:
-                band = (
-                    f"  band {last['band_mean']:.0f} (median start at "
-                    f"{100 * last['start_q50']:.0f}% of the tail, "
-                    f"{100 * last['degenerate']:.0f}% degenerate)"
-                )
-            say(
-                f"run {done}/{total} {arm.name} seed {seed}: R@10 {metrics['R@10']:.1f}  "
-                f"nDCG@10 {metrics['nDCG@10']:.3f}  pref {metrics['preference_rate']:.1f}  "
-                f"FN {metrics['fn_rate']:.1f}%{band}; about {per_run * (total - done):.0f} s left"
-            )
+        say(
+            f"run {done}/{total} {outcome['arm']} seed {outcome['seed']}: R@10 {m['R@10']:.1f}  "
+            f"nDCG@10 {m['nDCG@10']:.3f}  pref {m['preference_rate']:.1f}  "
+            f"FN {m['fn_rate']:.1f}%{band}; about {per_run * (total - done):.0f} s left"
+        )
+
+    if workers == 1 or total == 1:
+        for arm_name, seed in jobs:
+            report_run(context.fine_tune(arm_name, seed, progress))
+    else:
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, total),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(settings, out, context.start_state, context.system_sets),
+        )
+        with pool:
+            futures = [pool.submit(_worker_fine_tune, arm_name, seed) for arm_name, seed in jobs]
+            for future in as_completed(futures):
+                report_run(future.result())
+
+    results: dict[str, dict[str, list[float]]] = {a.name: {k: [] for k in METRICS} for a in arms}
+    curves: dict[str, list[list[dict[str, float]]]] = {a.name: [] for a in arms}
+    runs: list[dict[str, Any]] = [{"arm": "start (pretrained)", "seed": None, **start_metrics}]
+    keep: dict[str, torch.nn.Module] = {}
+    for arm_name, seed in jobs:  # a fixed order, whatever order the runs finished in
+        outcome = outcomes[(arm_name, seed)]
+        for name in METRICS:
+            results[arm_name][name].append(outcome["metrics"][name])
+        curves[arm_name].append(outcome["curve"])
+        runs.append(
+            {"arm": arm_name, "seed": seed, **outcome["metrics"], "mining": outcome["mining"]}
+        )
+        if outcome["state"] is not None:
+            model = TinyCIRModel(len(bench.vocab))
+            model.load_state_dict(outcome["state"])
+            keep[arm_name] = model
 
     table = _table({"start (pretrained)": {k: [v] for k, v in start_metrics.items()}, **results})
     comparisons = _comparisons(results)
     comparison_table = _comparison_table(arms[0].name, comparisons) if len(arms) > 1 else ""
     verdict = _verdict(results, comparisons)
+    eval_split = context.eval_split
     report = {
         "settings": {**asdict(settings), "default_max_rank": DEFAULT_MAX_RANK},
         "benchmark": {
@@ -490,10 +621,10 @@ def run_demo(
         "comparisons": comparisons,
         "curves": curves,
         "verdict": verdict,
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "report.json").write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False))
     plots = _plots(out, bench, keep, curves, train_data, eval_data, eval_split)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "report.json").write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False))
     (out / "report.md").write_text(_markdown(report, table, comparison_table, plots))
     print(table)
     print()
