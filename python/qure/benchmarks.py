@@ -153,15 +153,22 @@ def train_from_config(
     resume: bool = False,
     progress: bool = True,
     output: str | Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains as the config says; writes ``last.pt``, ``train.jsonl`` and ``config.json``.
 
-    ``output`` overrides the config's output folder. Under ``torchrun`` (``WORLD_SIZE`` > 1) it
+    ``output`` overrides the config's output folder and ``train_overrides`` its ``train``
+    settings (e.g. ``{"max_rank": 100}``). Under ``torchrun`` (``WORLD_SIZE`` > 1) it
     starts the process group (NCCL on GPUs, gloo on CPU or with ``"device": "cpu"``) and trains
     data-parallel; rank 0 writes the files."""
     config = load_config(path)
     if output is not None:
         config["output"] = str(output)
+    if train_overrides:
+        unknown = set(train_overrides) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"unknown train settings {sorted(unknown)}")
+        config["train"] = {**config.get("train", {}), **train_overrides}
     device = str(config.get("train", {}).get("device", "auto"))
     started = qdist.init_from_env("gloo" if device == "cpu" else None)
     try:

@@ -118,10 +118,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .benchmarks import train_from_config
 
+    overrides = {}
+    if args.max_rank is not None:
+        overrides["max_rank"] = (
+            None if args.max_rank.lower() == "none" else _positive(args.max_rank)
+        )
     train_from_config(
-        args.config, resume=args.resume, progress=not args.no_progress, output=args.output
+        args.config,
+        resume=args.resume,
+        progress=not args.no_progress,
+        output=args.output,
+        train_overrides=overrides,
     )
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer or 'none', got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a positive integer or 'none', got {text!r}")
+    return value
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -159,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--seed", type=int, default=0)
     mine.add_argument("--threshold", type=int, default=1, help="consecutive_threshold")
     mine.add_argument("--pairing", choices=["consecutive", "anchored"], default="consecutive")
-    mine.add_argument("--max-rank", type=int, default=None)
+    mine.add_argument(
+        "--max-rank",
+        type=int,
+        default=None,
+        help="look for the two drops among the first N items after the target (default: the "
+        "whole tail, the released rule)",
+    )
     mine.add_argument("--threads", type=int, default=None)
     mine.add_argument("--out", help="write the bands to this .npz file")
     mine.set_defaults(func=_cmd_mine)
@@ -210,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="e.g. configs/fashioniq.json")
     train.add_argument("--resume", action="store_true", help="continue from output/last.pt")
     train.add_argument("--output", default=None, help="override the config's output folder")
+    train.add_argument(
+        "--max-rank",
+        default=None,
+        help="override the config's max_rank: look for QuRe's two drops among the first N items "
+        "after the target, or 'none' for the whole tail (the released rule)",
+    )
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 

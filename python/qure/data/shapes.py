@@ -168,7 +168,7 @@ _OPEN_SMALLER_TEMPLATES = (
     "make one shape tiny",
 )
 
-OPEN_PRESET: dict[str, float] = {"open_edits": 0.75, "open_answers": 4}
+OPEN_PRESET: dict[str, float] = {"open_edits": 0.75, "open_answers": 4, "distractors": 0.5}
 """The open-edit benchmark of ``docs/benchmark.md`` (``build_open_shapes_benchmark``)."""
 
 
@@ -886,4 +886,5 @@ def build_open_shapes_benchmark(
         n_queries=n_queries,
         open_edits=OPEN_PRESET["open_edits"],
         open_answers=int(OPEN_PRESET["open_answers"]),
+        distractors=OPEN_PRESET["distractors"],
     )
