@@ -234,7 +234,7 @@ def test_sharded_mining_equals_one_process(launched, case):
     assert expected.indices.size > 0 or case == "one_query"
     for r in range(WORLD):
         got = HardNegatives.load(launched / f"mine_{case}_rank{r}.npz")
-        for field in ("indptr", "indices", "target_rank", "drops"):
+        for field in ("indptr", "indices", "target_rank", "drops", "tail_length"):
             np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), field)
         assert got == expected
 

@@ -45,13 +45,13 @@ class TinyCIRModel(nn.Module):
         self.dim, self.n_tokens = dim, tokens
         self.trunk = nn.Sequential(
             nn.Conv2d(3, width // 2, 3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Conv2d(width // 2, width, 3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
         self.position = nn.Parameter(torch.zeros(1, width, 1, 1))
         self.token_queries = nn.Parameter(torch.randn(tokens, width) / math.sqrt(width))
@@ -59,7 +59,7 @@ class TinyCIRModel(nn.Module):
         self.word = nn.Embedding(vocab_size, width, padding_idx=0)
         self.text = nn.GRU(width, width, batch_first=True)
         self.fuse = nn.Sequential(
-            nn.Linear(3 * width, 2 * width), nn.ReLU(), nn.Linear(2 * width, dim)
+            nn.Linear(3 * width, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, dim)
         )
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
 
