@@ -520,6 +520,7 @@ def _run(
     def snapshot(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         if (epoch + 1) % every == 0 or epoch + 1 == settings.pretrain_epochs:
             snapshots.append(copy.deepcopy(model.state_dict()))
+            say(f"pretraining: epoch {epoch + 1}/{settings.pretrain_epochs}")
         return {}
 
     pretrain = TrainConfig(
@@ -533,7 +534,6 @@ def _run(
     )
     say(f"pretraining the shared starting model ({settings.pretrain_epochs} contrastive epochs)")
     train(start_model, train_data, pretrain, evaluate=snapshot)
-    say("pretrained")
 
     # Other retrieval systems' top-5 sets (pretraining snapshots), as in HP-FashionIQ.
     for state in snapshots[-4:]:
