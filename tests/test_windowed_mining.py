@@ -201,8 +201,8 @@ def test_trainer_warns_when_bands_are_degenerate(monkeypatch):
             indptr=np.arange(0, 2 * q + 1, 2, dtype=np.int64),
             indices=np.tile(np.array([50, 51]), q).astype(np.int64),
             target_rank=np.zeros(q, np.int64),
-            drops=np.tile(np.array([56, 58]), (q, 1)).astype(np.int64),
-            tail_length=np.full(q, 59, np.int64),
+            drops=np.tile(np.array([190, 198]), (q, 1)).astype(np.int64),
+            tail_length=np.full(q, 200, np.int64),
         )
 
     monkeypatch.setattr(qtrain, "mine_from_features", bottom_bands)
@@ -267,3 +267,12 @@ def test_no_warning_for_healthy_bands(monkeypatch):
             [0, 0, 0],
         )
         assert bands.degenerate_warning() is None
+
+
+def test_short_tails_do_not_warn():
+    # Bands spanning a 20-item tail: degenerate by the numbers, but too short to matter.
+    middle = np.linspace(0.5, 0.4, 18)
+    row = np.concatenate([[2.0, 1.0], middle, [-1.0]]).astype(np.float32)
+    bands = qure.mine_negatives(np.tile(row, (4, 1)), [0] * 4)
+    assert bands.diagnostics()["degenerate"] == 1.0
+    assert bands.degenerate_warning() is None

@@ -21,6 +21,9 @@ SPAN_FRACTION = 0.5
 """A band covering more than ``SPAN_FRACTION`` of its tail "spans" it."""
 DEGENERATE_SHARE = 0.5
 """Above this share of degenerate bands (at the bottom or spanning), mining warns."""
+MIN_WARN_TAIL = 100
+"""No warning when the median tail is shorter than this: a band spanning half of a few dozen
+items is no sign of trouble."""
 
 Pairing = Literal["consecutive", "anchored"]
 _PAIRINGS = ("consecutive", "anchored")
@@ -150,12 +153,13 @@ class HardNegatives:
         }
 
     def degenerate_warning(self) -> str | None:
-        """A warning naming the fix when most bands are degenerate (see :meth:`diagnostics`),
-        else None. None too when ``tail_length`` is unknown."""
+        """A warning naming the fix when most bands are degenerate (see :meth:`diagnostics`)
+        and the median tail holds at least ``MIN_WARN_TAIL`` items, else None (None too when
+        ``tail_length`` is unknown)."""
         if self.tail_length is None or len(self) == 0:
             return None
         d = self.diagnostics()
-        if not d["degenerate"] > DEGENERATE_SHARE:
+        if not d["degenerate"] > DEGENERATE_SHARE or d["tail_median"] < MIN_WARN_TAIL:
             return None
         return (
             f"{100 * d['degenerate']:.0f}% of the hard-negative bands are degenerate "
@@ -163,8 +167,9 @@ class HardNegatives:
             f"the ranking after the target, {100 * d['spanning']:.0f}% span more than half of "
             f"it; median band start at {100 * d['start_q50']:.0f}% of a tail of "
             f"{d['tail_median']:g} items): the two steepest drops are not near the target. "
-            "Set max_rank (e.g. max_rank=100) to look for them only among the items ranked "
-            "just after the target."
+            "Set max_rank to look for them only among the items ranked just after the target "
+            "(qure's training default is 400; use a smaller window if the tails are already "
+            "that short)."
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
