@@ -45,6 +45,15 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+_env_simd = os.environ.get("QURE_SIMD")
+if _env_simd is not None and _env_simd not in ("portable", "scalar", "avx2", "avx512"):
+    warnings.warn(
+        f"QURE_SIMD={_env_simd!r} is not one of portable, avx2, avx512; using the best kernel "
+        "this CPU has",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
 _env_threads = os.environ.get("QURE_NUM_THREADS")
 if _env_threads is not None:
     try:

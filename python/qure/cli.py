@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -29,10 +31,21 @@ def _synthetic_scores(
 def _cmd_mine(args: argparse.Namespace) -> int:
     if args.threads is not None:
         set_num_threads(args.threads)
-    if args.scores is not None:
-        if args.targets is None:
-            print("qure mine: --scores needs --targets", file=sys.stderr)
+    if (args.scores is None) != (args.targets is None):
+        print("qure mine: --scores and --targets go together", file=sys.stderr)
+        return 2
+    for name, value, low in (
+        ("--queries", args.queries, 1),
+        ("--gallery", args.gallery, 2),
+        ("--dim", args.dim, 1),
+    ):
+        if value < low:
+            print(f"qure mine: {name} must be at least {low}, got {value}", file=sys.stderr)
             return 2
+    if not args.noise >= 0:
+        print(f"qure mine: --noise must be non-negative, got {args.noise}", file=sys.stderr)
+        return 2
+    if args.scores is not None:
         scores = np.load(args.scores, mmap_mode="r")
         targets = np.load(args.targets)
         source = f"{args.scores} ({scores.shape[0]} x {scores.shape[1]})"
@@ -56,7 +69,11 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     _print_summary(source, negatives, elapsed)
     if args.out:
         negatives.save(args.out)
-        print(f"saved to {args.out}")
+        size = Path(args.out if str(args.out).endswith(".npz") else f"{args.out}.npz").stat()
+        print(
+            f"saved to {args.out} ({size.st_size / 1e6:.1f} MB: {negatives.indices.size:,} band "
+            "items; --max-rank keeps bands short)"
+        )
     return 0
 
 
@@ -163,34 +180,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qure {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
     mine = sub.add_parser(
         "mine",
+        formatter_class=defaults,
         help="mine two-steep-drop hard negatives from a score matrix",
         description="Mine hard-negative bands from saved scores (.npy) or a synthetic matrix.",
     )
-    mine.add_argument("--scores", help="(Q, N) score matrix, .npy")
+    mine.add_argument("--scores", help="(Q, N) score matrix, .npy (None: a synthetic one)")
     mine.add_argument("--targets", help="(Q,) target gallery index per query, .npy")
-    mine.add_argument("--queries", type=int, default=2000, help="synthetic queries (default 2000)")
+    mine.add_argument("--queries", type=int, default=2000, help="synthetic queries")
     mine.add_argument("--gallery", type=int, default=10000, help="synthetic gallery size")
     mine.add_argument("--dim", type=int, default=64, help="synthetic embedding size")
-    mine.add_argument("--noise", type=float, default=0.15, help="synthetic query noise")
-    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument(
+        "--noise",
+        type=float,
+        default=0.3,
+        help="synthetic query noise (0.3 puts targets near the top, as a trained model does: "
+        "median rank about 7)",
+    )
+    mine.add_argument("--seed", type=int, default=0, help="synthetic seed")
     mine.add_argument("--threshold", type=int, default=1, help="consecutive_threshold")
-    mine.add_argument("--pairing", choices=["consecutive", "anchored"], default="consecutive")
+    mine.add_argument(
+        "--pairing", choices=["consecutive", "anchored"], default="consecutive", help="drop pairing"
+    )
     mine.add_argument(
         "--max-rank",
         type=int,
         default=None,
-        help="look for the two drops among the first N items after the target (default: the "
-        "whole tail, the released rule)",
+        help="look for the two drops among the first N items after the target (None: the whole "
+        "tail, the released rule)",
     )
-    mine.add_argument("--threads", type=int, default=None)
+    mine.add_argument("--threads", type=int, default=None, help="qure's threads (None: all cores)")
     mine.add_argument("--out", help="write the bands to this .npz file")
     mine.set_defaults(func=_cmd_mine)
 
     demo = sub.add_parser(
         "demo",
+        formatter_class=defaults,
         help="QuRe vs contrastive, top-k and random negatives on the built-in shapes benchmark",
         description="Builds the open-edit shapes CIR benchmark (docs/benchmark.md), trains a "
         "shared start contrastively, fine-tunes it with each arm and seed, evaluates, compares "
@@ -199,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick", action="store_true", help="3 seeds on a smaller benchmark (see README for times)"
     )
-    demo.add_argument("--out", default="qure-demo", help="output folder (default qure-demo)")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds (default 5; quick 3)")
+    demo.add_argument("--out", default="qure-demo", help="output folder")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds (None: 5; 3 with --quick)")
     demo.add_argument(
         "--experiment",
         default="demo",
@@ -214,12 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated arms, the first compared with the others: qure, qure-tail, "
         "qure-w<M>, contrastive, topk, topk-oracle, random",
     )
-    demo.add_argument("--split", default=None, choices=["val", "test"], help="evaluation split")
+    demo.add_argument(
+        "--split",
+        default=None,
+        choices=["val", "test"],
+        help="evaluation split (None: the experiment's)",
+    )
     demo.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="fine-tuning runs in parallel processes (default: one per core, at most 4); each "
+        help="fine-tuning runs in parallel processes (None: one per core, at most 4); each "
         "run uses one torch thread, so results do not depend on it",
     )
     demo.add_argument("--threads", type=int, default=None, help="qure's own (mining) threads")
@@ -228,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
+        formatter_class=defaults,
         help="train on FashionIQ, CIRR or CIRCO data from a JSON config",
         description="Train a BLIP-2 or CLIP CIR model with QuRe (or a baseline method) as the "
         "config says; writes last.pt, train.jsonl and config.json into its output folder.",
@@ -246,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser(
         "evaluate",
+        formatter_class=defaults,
         help="evaluate a checkpoint as the benchmark defines (and write submission files)",
         description="Print the benchmark's metrics for a checkpoint and write them as JSON; on "
         "CIRR/CIRCO test splits, write the evaluation servers' submission files.",
@@ -264,7 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`qure mine | head -1`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, OSError) as err:
         print(f"qure {args.command}: error: {err}", file=sys.stderr)
         return 1
