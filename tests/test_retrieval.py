@@ -78,8 +78,13 @@ def reference_rank(scores, targets):
     return np.array(out, dtype=np.int64)
 
 
+def as_numpy(x):
+    """A result as NumPy: torch results (for torch queries) go to the CPU first."""
+    return x.cpu().numpy() if hasattr(x, "cpu") else x
+
+
 def assert_topk_equal(result, expected):
-    values, indices = result
+    values, indices = (as_numpy(x) for x in result)
     assert values.dtype == np.float32 and indices.dtype == np.int64
     assert values.shape == indices.shape == expected[0].shape
     np.testing.assert_array_equal(indices, expected[1])
@@ -544,6 +549,13 @@ def test_torch_inputs():
     assert as_float32_matrix(tg, "gallery", ndim=3).ctypes.data == tg.data_ptr()
     np.testing.assert_array_equal(score(tq, tg), exp_s)
     assert_topk_equal(topk(tq, tg, 9), exp_top)
+    # torch queries in, torch tensors out (on their device); NumPy queries, NumPy out.
+    assert isinstance(score(tq, tg), torch.Tensor) and score(tq, tg).dtype == torch.float32
+    values, indices = topk(tq, g32, 9)
+    assert (values.dtype, indices.dtype) == (torch.float32, torch.int64)
+    assert target_rank(tq, g32, targets).dtype == torch.int64
+    assert isinstance(score(q32, tg), np.ndarray)
+    assert isinstance(topk(q32, tg, 9)[1], np.ndarray)
     np.testing.assert_array_equal(target_rank(tq, tg, torch.from_numpy(targets)), exp_rank)
     assert (
         mine_from_features(tq, tg, torch.tensor(targets.tolist(), dtype=torch.int32)) == exp_mined
@@ -579,7 +591,8 @@ def test_cuda_inputs():
     q32 = rng.standard_normal((6, 16)).astype(np.float32)
     g32 = rng.standard_normal((50, 3, 16)).astype(np.float32)
     tq, tg = torch.from_numpy(q32).cuda(), torch.from_numpy(g32).cuda()
-    np.testing.assert_array_equal(score(tq, tg), score(q32, g32))
+    assert score(tq, tg).device == tq.device
+    np.testing.assert_array_equal(score(tq, tg).cpu().numpy(), score(q32, g32))
     assert_topk_equal(
         topk(tq.half(), tg.half(), 5), topk(tq.half().float().cpu(), tg.half().float().cpu(), 5)
     )

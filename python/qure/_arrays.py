@@ -12,13 +12,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_float32_matrix", "as_index_vector", "as_ids", "as_ragged_indices", "is_torch_tensor"]
+__all__ = [
+    "as_float32_matrix",
+    "as_index_vector",
+    "as_ids",
+    "as_ragged_indices",
+    "is_torch_tensor",
+    "like_input",
+]
 
 
 def is_torch_tensor(x: Any) -> bool:
     """True when ``x`` is a torch tensor (without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def like_input(result: np.ndarray, source: Any) -> Any:
+    """``result`` as a torch tensor on ``source``'s device when ``source`` is a torch tensor,
+    else unchanged (torch in, torch out)."""
+    if not is_torch_tensor(source):
+        return result
+    torch = sys.modules["torch"]
+    return torch.from_numpy(result).to(source.device)
 
 
 def _tensor_to_numpy(x: Any, float32: bool) -> np.ndarray:

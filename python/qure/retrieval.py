@@ -18,6 +18,7 @@ from ._arrays import (
     as_index_vector,
     as_ragged_indices,
     is_torch_tensor,
+    like_input,
 )
 from .mining import HardNegatives, MiningArguments, Pairing, _check_count, tail_lengths
 
@@ -49,10 +50,12 @@ def _exclude_csr(exclude: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
 def score(queries: Any, gallery: Any) -> np.ndarray:
     """``(Q, N)`` float32 scores of ``queries`` (Q, d) against ``gallery`` (N, d) or (N, T, d).
 
-    With tokens, an image's score is the max over its T tokens of the dot product.
+    With tokens, an image's score is the max over its T tokens of the dot product. NumPy out,
+    or a torch tensor on the queries' device when ``queries`` is a torch tensor (the same for
+    :func:`topk` and :func:`target_rank`).
     """
     q, g = _features(queries, gallery)
-    return _core.score(q, g)
+    return like_input(_core.score(q, g), queries)
 
 
 def topk(
@@ -69,9 +72,11 @@ def topk(
     if k > g.shape[0]:
         raise ValueError(f"k={k} exceeds the gallery size {g.shape[0]}")
     if exclude is None:
-        return _core.topk(q, g, k)
-    indptr, indices = _exclude_csr(exclude, q.shape[0])
-    return _core.topk(q, g, k, indptr, indices)
+        values, indices = _core.topk(q, g, k)
+    else:
+        ex_indptr, ex_indices = _exclude_csr(exclude, q.shape[0])
+        values, indices = _core.topk(q, g, k, ex_indptr, ex_indices)
+    return like_input(values, queries), like_input(indices, queries)
 
 
 def target_rank(queries: Any, gallery: Any, target_idx: Any) -> np.ndarray:
@@ -81,7 +86,7 @@ def target_rank(queries: Any, gallery: Any, target_idx: Any) -> np.ndarray:
     """
     q, g = _features(queries, gallery)
     targets = as_index_vector(target_idx, "target_idx", length=q.shape[0])
-    return _core.target_rank(q, g, targets)
+    return like_input(_core.target_rank(q, g, targets), queries)
 
 
 def mine_from_features(
