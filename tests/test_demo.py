@@ -20,6 +20,7 @@ from qure.data.shapes import SAME_DESIGN  # noqa: E402
 from qure.demo import (  # noqa: E402
     DEMO_ARMS,
     EXPERIMENTS,
+    HEADERS,
     METRICS,
     DemoSettings,
     paired,
@@ -29,7 +30,7 @@ from qure.demo import (  # noqa: E402
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TABLE_HEADER = "| arm | " + " | ".join(METRICS) + " |"
+TABLE_HEADER = "| arm | " + " | ".join(HEADERS.get(m, m) for m in METRICS) + " |"
 SETTINGS = DemoSettings(
     n_queries=(60, 20, 20), seeds=(0, 1), pretrain_epochs=2, finetune_epochs=2, arms=DEMO_ARMS
 )
@@ -121,6 +122,10 @@ def test_report_markdown(demo):
         assert f"| {arm} |" in text
     for name in ("score_curve.png", "curves.png", "retrieval_grid.png"):
         assert name in text
+    start = next(line for line in text.splitlines() if line.startswith("| start (pretrained) |"))
+    assert "±" not in start  # one run: no spread to show
+    row = next(line for line in text.splitlines() if line.startswith("| qure |"))
+    assert "±" in row
 
 
 def test_plots_are_png(demo):

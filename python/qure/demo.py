@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import re
+import textwrap
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -250,13 +251,29 @@ def _evaluate(
     return metrics
 
 
+HEADERS = {
+    "preference_rate": "preference rate",
+    "fn_rate": "FN rate of used negatives (%)",
+    "band_size": "band size",
+    "band_start": "band start (% of tail)",
+    "degenerate": "degenerate (%)",
+}
+"""Column names of the report's table (the README's table uses the same)."""
+
+
 def _cell(values: list[float], digits: int = 2) -> str:
+    """Mean ± std over seeds; the value alone for a single run."""
     mean, std = summarize(values)
-    return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if math.isnan(mean):
+        return "n/a"
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _table(results: dict[str, dict[str, list[float]]]) -> str:
-    lines = ["| arm | " + " | ".join(METRICS) + " |", "|" + " --- |" * (len(METRICS) + 1)]
+    names = [HEADERS.get(m, m) for m in METRICS]
+    lines = ["| arm | " + " | ".join(names) + " |", "|" + " --- |" * (len(METRICS) + 1)]
     for arm, values in results.items():
         digits = {"nDCG@10": 3}
         cells = [_cell(values.get(name, []), digits.get(name, 2)) for name in METRICS]
@@ -828,24 +845,44 @@ def _plots(
     plt.close(fig)
     written.append("score_curve.png")
 
-    top = _ranked(_split_scores(model, eval_data), 10, eval_data.reference)
-    n_rows = 3
-    fig, axes = plt.subplots(n_rows, 11, figsize=(14, 1.6 * n_rows + 0.6))
-    for i in range(n_rows):
-        axes[i, 0].imshow(eval_data.images[eval_data.reference[i]])
-        axes[i, 0].set_title("reference", fontsize=7)
-        axes[i, 0].set_xlabel(eval_split.texts[i], fontsize=6)
-        for c, g in enumerate(top[i], start=1):
-            axes[i, c].imshow(eval_data.images[g])
-            rel = eval_split.relevance[i, g]
-            mark = "TARGET" if g == eval_data.target[i] else f"rel {rel:.2f}"
-            axes[i, c].set_title(mark, fontsize=7, color="green" if rel >= SAME_DESIGN else "black")
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle("QuRe model: reference, text, top-10 (green = relevant)")
+    # The same test queries, every arm's top-8 side by side (seed 0's models).
+    shown = 2
+    top_k = 8
+    arms = list(models)
+    tops = {
+        name: _ranked(_split_scores(m, eval_data), top_k, eval_data.reference)[:shown]
+        for name, m in models.items()
+    }
+    n_rows = shown * len(arms)
+    fig, axes = plt.subplots(
+        n_rows, top_k + 1, figsize=(1.45 * (top_k + 1), 1.5 * n_rows + 0.7), squeeze=False
+    )
+    for i in range(shown):
+        for a, name in enumerate(arms):
+            row = axes[i * len(arms) + a]
+            if a == 0:
+                row[0].imshow(eval_data.images[eval_data.reference[i]])
+                row[0].set_title(f"query {i}: reference", fontsize=8)
+                row[0].set_xlabel(textwrap.fill(eval_split.texts[i], 20), fontsize=8)
+            else:
+                row[0].axis("off")
+            row[1].set_ylabel(name, fontsize=9)
+            for c, g in enumerate(tops[name][i], start=1):
+                row[c].imshow(eval_data.images[g])
+                rel = eval_split.relevance[i, g]
+                mark = "target" if g == eval_data.target[i] else f"rel {rel:.2f}"
+                colour = "green" if rel >= SAME_DESIGN else "black"
+                row[c].set_title(mark, fontsize=8, color=colour)
+            for ax in row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(
+        f"Test queries: each arm's top-{top_k} (seed 0; green = answers the query: the target, "
+        f"another valid answer (1.00) or its objects moved (0.80))",
+        fontsize=10,
+    )
     fig.tight_layout()
-    fig.savefig(out / "retrieval_grid.png", dpi=110)
+    fig.savefig(out / "retrieval_grid.png", dpi=100)
     plt.close(fig)
     written.append("retrieval_grid.png")
     return written
