@@ -1,8 +1,8 @@
 //! The thread pool every parallel core call runs on.
 //!
 //! Size: `set_num_threads(n)`, else the `QURE_NUM_THREADS` environment variable, else the number
-//! of available cores. Results never depend on the size: work is split by query, never by a
-//! reduction whose order could change.
+//! of available cores; at most [`MAX_THREADS`]. Results never depend on the size: work is split
+//! by query, never by a reduction whose order could change.
 
 use std::sync::{Arc, RwLock};
 
@@ -12,17 +12,22 @@ use crate::error::{QureError, Result};
 
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
 
-/// Parses a `QURE_NUM_THREADS` value: a positive integer, else `None`.
+/// The most threads qure starts. Results never depend on the count, and past a few threads per
+/// core more only cost memory and start-up time; a bound keeps a typo (`100000`) from trying to
+/// start that many threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// Parses a `QURE_NUM_THREADS` value: an integer in `1..=MAX_THREADS`, else `None`.
 pub fn parse_num_threads(value: &str) -> Option<usize> {
-    value.trim().parse::<usize>().ok().filter(|&n| n >= 1)
+    value.trim().parse::<usize>().ok().filter(|&n| (1..=MAX_THREADS).contains(&n))
 }
 
-/// The pool size used when none was set: `QURE_NUM_THREADS` if valid, else the core count.
+/// The pool size used when none was set: `QURE_NUM_THREADS` if valid, else the core count
+/// (at most `MAX_THREADS`).
 pub fn default_num_threads() -> usize {
-    std::env::var("QURE_NUM_THREADS")
-        .ok()
-        .and_then(|v| parse_num_threads(&v))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    std::env::var("QURE_NUM_THREADS").ok().and_then(|v| parse_num_threads(&v)).unwrap_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS),
+    )
 }
 
 fn build(n: usize) -> Result<Arc<ThreadPool>> {
@@ -34,10 +39,15 @@ fn build(n: usize) -> Result<Arc<ThreadPool>> {
         .map_err(|e| QureError::invalid(format!("could not start {n} threads: {e}")))
 }
 
-/// Sets the number of threads for later calls (`n >= 1`).
+/// Sets the number of threads for later calls (`1 <= n <= MAX_THREADS`).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(QureError::invalid("the number of threads must be at least 1"));
+    }
+    if n > MAX_THREADS {
+        return Err(QureError::invalid(format!(
+            "the number of threads must be at most {MAX_THREADS}, got {n}"
+        )));
     }
     let pool = build(n)?;
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
@@ -79,10 +89,17 @@ mod tests {
         assert_eq!(parse_num_threads("0"), None);
         assert_eq!(parse_num_threads("-1"), None);
         assert_eq!(parse_num_threads("many"), None);
+        assert_eq!(parse_num_threads("1024"), Some(MAX_THREADS));
+        assert_eq!(parse_num_threads("1025"), None);
+        assert_eq!(parse_num_threads("100000"), None);
     }
 
     #[test]
-    fn zero_threads_is_refused() {
+    fn thread_counts_outside_the_bounds_are_refused() {
         assert!(set_num_threads(0).is_err());
+        // Refused before any thread starts: returns at once.
+        let err = set_num_threads(100_000).unwrap_err();
+        assert!(err.to_string().contains("at most 1024"), "{err}");
+        assert!(set_num_threads(usize::MAX).is_err());
     }
 }
