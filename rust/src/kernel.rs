@@ -8,7 +8,9 @@
 //! Every score is one fused multiply-add chain over the feature dimension, in order, starting from
 //! +0.0: `s = fma(g[k], q[k], s)` for `k = 0 .. d`. Every kernel (and [`dot_chain`]) computes that
 //! same chain, so a score's bits do not depend on the kernel, its position in a tile, the block
-//! sizes or the thread count.
+//! sizes or the thread count. Features are finite (checked), so a chain never turns NaN: a fused
+//! step rounds once, and once the sum has overflowed to +-inf no finite product can cancel it.
+//! Scores that overflow are +-inf in every kernel.
 //!
 //! Soundness: the SIMD kernels are `unsafe` (`target_feature`) and private. Safe code reaches them
 //! only through [`score_rows`] and [`fma_peak_gflops`], which take a [`Kernel`], a value that

@@ -324,7 +324,8 @@ pub fn score(queries: Queries<'_>, gallery: Gallery<'_>) -> Result<Vec<f32>> {
 
 /// Exact top-k: `(values, indices)`, each `(Q, k)` row-major, sorted by score descending with
 /// ties by ascending index. `exclude` (CSR per query) removes items; queries left with fewer
-/// than `k` items are padded with `(-inf, -1)`.
+/// than `k` items are padded with `(-inf, -1)`. An item scoring `-inf` (only features that
+/// overflow `f32` can score that) counts as no item: it is never returned.
 pub fn topk(
     queries: Queries<'_>,
     gallery: Gallery<'_>,
@@ -700,6 +701,25 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let backwards = 60..50;
         assert!(scorer.score_rows(backwards).is_err());
+    }
+
+    #[test]
+    fn scores_that_overflow_are_infinite_in_every_kernel() {
+        // 2e19 * 2e19 = 4e38 > f32::MAX; a fused step adds the exact product to an infinite
+        // sum, so the chain stays +-inf and never turns NaN.
+        let big = 2e19f32;
+        let rows = 40; // more than one panel of every kernel
+        let q: Vec<f32> = (0..rows).flat_map(|_| [big, big]).collect();
+        let queries = Queries { data: &q, rows, dim: 2 };
+        let g = [big, -big, -big, big, 0.5, 0.25];
+        let want = [f32::INFINITY, f32::NEG_INFINITY, dot_chain(&g[4..], &q[..2])];
+        for kernel in Kernel::available() {
+            let gallery = Gallery { data: &g, items: 3, tokens: 1, dim: 2 };
+            let got = Scorer::with_kernel(queries, gallery, kernel).unwrap().score_rows(0..rows);
+            for row in got.unwrap().chunks_exact(3) {
+                assert_eq!(row, want, "{kernel:?}");
+            }
+        }
     }
 
     #[test]
