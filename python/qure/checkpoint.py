@@ -124,7 +124,9 @@ def _torch_load(path: Path, map_location: Any) -> Any:
             "(Python objects, whose unpickling could run code, or corrupt bytes); qure reads "
             f"only its own checkpoints and plain state dicts ({detail or 'not a pickle'})"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, MemoryError) as exc:
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch.load on damaged bytes fails in many ways; all mean this
         raise ValueError(
             f"cannot load {path}: it is truncated, corrupt or not a torch checkpoint "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

@@ -30,13 +30,37 @@ pub fn default_num_threads() -> usize {
     )
 }
 
+/// Stack size of qure's threads. Their work keeps its buffers on the heap and recurses only as
+/// deep as a sort (about log2 n frames), so 1 MiB is ample; half the usual 2 MiB keeps a large
+/// pool (up to `MAX_THREADS`) light on address space where that is capped (`ulimit -v`).
+const STACK_BYTES: usize = 1 << 20;
+
 fn build(n: usize) -> Result<Arc<ThreadPool>> {
-    ThreadPoolBuilder::new()
+    let mut started = Vec::new();
+    let built = ThreadPoolBuilder::new()
         .num_threads(n)
-        .thread_name(|i| format!("qure-{i}"))
-        .build()
-        .map(Arc::new)
-        .map_err(|e| QureError::invalid(format!("could not start {n} threads: {e}")))
+        .spawn_handler(|thread| {
+            let handle = std::thread::Builder::new()
+                .name(format!("qure-{}", thread.index()))
+                .stack_size(STACK_BYTES)
+                .spawn(|| thread.run())?;
+            started.push(handle);
+            Ok(())
+        })
+        .build();
+    match built {
+        // The pool owns its threads from here on (the handles only detach them).
+        Ok(pool) => Ok(Arc::new(pool)),
+        Err(e) => {
+            // The threads that did start have been told to stop: wait until they have, so a
+            // failed start leaves nothing behind (in a capped address space, their stacks
+            // would starve the next allocation).
+            for handle in started {
+                let _ = handle.join();
+            }
+            Err(QureError::invalid(format!("could not start {n} threads: {e}")))
+        }
+    }
 }
 
 /// Sets the number of threads for later calls (`1 <= n <= MAX_THREADS`).
