@@ -1299,7 +1299,10 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(figures, indent=2)
     if args.report:
         Path(args.report).write_text(text + "\n")
-    print(text)
+        for failure in campaign.failures[:5]:
+            print(json.dumps(failure, indent=2))
+    else:
+        print(text)
     print(
         f"FUZZ python calls={campaign.calls} kinds={len(campaign.kinds)} "
         f"crashes={figures['crashes']} hangs={figures['hangs']} failures={failed} "
