@@ -5,12 +5,41 @@
 //! by query, never by a reduction whose order could change.
 
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::error::{QureError, Result};
 
-static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+static POOL: RwLock<Option<Arc<Pool>>> = RwLock::new(None);
+
+/// A rayon pool with the handles of its threads. Dropping it waits until they have exited, so
+/// replacing the pool never leaves an old set of threads (and their stacks) winding down while
+/// later work allocates: in a capped address space that could starve an allocation, and an
+/// allocation that fails aborts.
+struct Pool {
+    pool: Option<ThreadPool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn get(&self) -> &ThreadPool {
+        self.pool.as_ref().expect("the pool lives until Pool is dropped")
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let own_thread = self.pool.as_ref().is_some_and(|p| p.current_thread_index().is_some());
+        drop(self.pool.take()); // tells the threads to stop
+        if !own_thread {
+            // (A thread cannot wait for itself; from one of the pool's threads, they detach.)
+            for handle in self.threads.drain(..) {
+                let _ = handle.join();
+            }
+        }
+    }
+}
 
 /// The most threads qure starts. Results never depend on the count, and past a few threads per
 /// core more only cost memory and start-up time; a bound keeps a typo (`100000`) from trying to
@@ -35,7 +64,7 @@ pub fn default_num_threads() -> usize {
 /// pool (up to `MAX_THREADS`) light on address space where that is capped (`ulimit -v`).
 const STACK_BYTES: usize = 1 << 20;
 
-fn build(n: usize) -> Result<Arc<ThreadPool>> {
+fn build(n: usize) -> Result<Arc<Pool>> {
     let mut started = Vec::new();
     let built = ThreadPoolBuilder::new()
         .num_threads(n)
@@ -49,8 +78,7 @@ fn build(n: usize) -> Result<Arc<ThreadPool>> {
         })
         .build();
     match built {
-        // The pool owns its threads from here on (the handles only detach them).
-        Ok(pool) => Ok(Arc::new(pool)),
+        Ok(pool) => Ok(Arc::new(Pool { pool: Some(pool), threads: started })),
         Err(e) => {
             // The threads that did start have been told to stop: wait until they have, so a
             // failed start leaves nothing behind (in a capped address space, their stacks
@@ -74,16 +102,17 @@ pub fn set_num_threads(n: usize) -> Result<()> {
         )));
     }
     let pool = build(n)?;
-    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    let old = POOL.write().unwrap_or_else(|e| e.into_inner()).replace(pool);
+    drop(old); // outside the lock: waits for the old threads unless a call still uses them
     Ok(())
 }
 
 /// The number of threads parallel calls use.
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    pool().get().current_num_threads()
 }
 
-fn pool() -> Arc<ThreadPool> {
+fn pool() -> Arc<Pool> {
     if let Some(pool) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return Arc::clone(pool);
     }
@@ -99,7 +128,7 @@ fn pool() -> Arc<ThreadPool> {
 
 /// Runs `f` on qure's pool (directly when already on one of its threads).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    pool().install(f)
+    pool().get().install(f)
 }
 
 #[cfg(test)]
@@ -125,5 +154,19 @@ mod tests {
         let err = set_num_threads(100_000).unwrap_err();
         assert!(err.to_string().contains("at most 1024"), "{err}");
         assert!(set_num_threads(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn pools_can_be_replaced_again_and_again() {
+        let old = build(3).unwrap();
+        let weak = Arc::downgrade(&old);
+        assert_eq!(old.get().install(rayon::current_num_threads), 3);
+        drop(old);
+        assert!(weak.upgrade().is_none());
+        // Dropping joined the threads: a pool built and dropped many times leaves none behind.
+        for n in [1, 2, 5, 2] {
+            let pool = build(n).unwrap();
+            assert_eq!(pool.get().install(rayon::current_num_threads), n);
+        }
     }
 }
