@@ -1,7 +1,9 @@
 """Fuzz driver for qure's public Python API: hypothesis draws the calls, a child process runs them.
 
-Every call runs in a worker process (address space capped at ``--memory`` GiB), so an abort, a
-segfault or a hang is counted against the input that caused it, and the worker is restarted.
+Every call runs in a worker process, so an abort, a segfault or a hang is counted against the
+input that caused it, and the worker is restarted. Its address space is capped at ``--memory``
+GiB (6 by default: torch alone maps about 2.5, and every size the campaign means to be
+unallocatable asks for 16 or more, so it fails there on any machine, overcommit or not).
 An outcome is one of:
 
 - ``ok``: the call returned, and its result passed the checks that exist for it (top-k, ranks
@@ -735,6 +737,9 @@ def run_self_test(p: dict[str, Any]) -> str:
         time.sleep(3600)
     if p["mode"] == "panic":  # an unexpected exception type
         raise SystemError("stands in for a Rust panic")
+    if p["mode"] == "memory":  # the worker's address space and resident memory
+        status = Path("/proc/self/status").read_text().splitlines()
+        return " ".join(line.split()[1] for line in status if line.startswith(("VmSize", "VmRSS")))
     return "fine"
 
 
@@ -1234,7 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="generation budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a call may take")
-    parser.add_argument("--memory", type=float, default=4.0, help="worker address space, GiB")
+    parser.add_argument("--memory", type=float, default=6.0, help="worker address space, GiB")
     parser.add_argument("--chunk", type=int, default=20, help="calls per target per round")
     parser.add_argument("--targets", default=None, help="comma-separated subset of targets")
     parser.add_argument("--report", default=None, help="write the figures as JSON here")
@@ -1277,6 +1282,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"FAILURE in {name}: {str(exc)[:500]}", flush=True)
             round_ += 1
     finally:
+        memory = campaign.worker.call(Call("self_test", {"mode": "memory"}))[1].split()
         campaign.worker.stop()
     seconds = time.monotonic() - started
     failed = sum(campaign.outcomes[s] for s in FAILURES)
@@ -1292,6 +1298,7 @@ def main(argv: list[str] | None = None) -> int:
         "by_target": {k: dict(v) for k, v in sorted(campaign.by_target.items())},
         "common_errors": {k: dict(v.most_common(4)) for k, v in sorted(campaign.errors.items())},
         "worker_starts": campaign.worker.starts,
+        "worker_kib_at_end": dict(zip(("address_space", "resident"), memory)),
         "rounds": round_,
         "seconds": round(seconds, 1),
         "failures": campaign.failures[:20],
