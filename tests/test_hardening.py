@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import resource
 import subprocess
 import sys
@@ -331,3 +332,18 @@ def test_load_refuses_inconsistent_bands(bands, tmp_path, field, value, problem)
     arrays[field] = value
     np.savez(tmp_path / "bad.npz", **arrays)
     assert_refused(tmp_path / "bad.npz", problem)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. no test asserts a wall time (a busy machine fails them for reasons unrelated to correctness)
+
+
+def test_no_test_asserts_a_wall_time():
+    timed = re.compile(r"assert[^\n]*\b(elapsed|seconds|duration|wall_time)\w*[\"']?\]?\s*<")
+    offenders = [
+        f"{path.name}:{n}"
+        for path in sorted(Path(__file__).parent.glob("test_*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if timed.search(line)
+    ]
+    assert not offenders, f"wall-time asserts belong in benches/: {offenders}"

@@ -89,6 +89,24 @@ impl Simd {
 /// A kernel this CPU is known to run. Its field is private: the only ways to get one are
 /// run-time detection ([`Kernel::detect`], [`Kernel::best`], [`Kernel::available`],
 /// [`Kernel::current`]), so safe code cannot ask for instructions the CPU lacks.
+///
+/// Neither forging one nor naming an instruction set where a kernel is expected compiles:
+///
+/// ```compile_fail
+/// use qure::kernel::{Kernel, Simd};
+/// let forged = Kernel(Simd::Avx512);
+/// ```
+///
+/// ```compile_fail
+/// use qure::kernel::{fma_peak_gflops, Simd};
+/// fma_peak_gflops(Simd::Avx512, 10);
+/// ```
+///
+/// ```
+/// use qure::kernel::{fma_peak_gflops, Kernel, Simd};
+/// let kernel = Kernel::detect(Simd::Portable).expect("every CPU runs portable code");
+/// assert!(fma_peak_gflops(kernel, 10) >= 0.0);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Kernel(Simd);
 
