@@ -100,14 +100,13 @@ def test_closed_pipe_exits_quietly():
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err
 
 
-@pytest.mark.parametrize("name, value", [("QURE_SIMD", "bogus"), ("QURE_NUM_THREADS", "abc")])
-def test_bad_environment_values_warn(name, value):
+def test_bad_simd_value_warns():
     proc = subprocess.run(
         [sys.executable, "-c", "import qure"],
         capture_output=True,
         text=True,
-        env={**os.environ, name: value},
+        env={**os.environ, "QURE_SIMD": "bogus"},
         timeout=60,
     )
     assert proc.returncode == 0
-    assert f"{name}={value!r}" in proc.stderr and "RuntimeWarning" in proc.stderr
+    assert "QURE_SIMD='bogus'" in proc.stderr and "RuntimeWarning" in proc.stderr

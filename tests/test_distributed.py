@@ -24,6 +24,7 @@ dist = pytest.importorskip("torch.distributed")
 import qure  # noqa: E402
 import qure.train as qtrain  # noqa: E402
 from qure import distributed as qdist  # noqa: E402
+from qure.checkpoint import load_checkpoint  # noqa: E402
 from qure.mining import HardNegatives  # noqa: E402
 from qure.models import TinyCIRModel  # noqa: E402
 from qure.train import CIRTrainData, TrainConfig, train  # noqa: E402
@@ -311,7 +312,7 @@ def test_rank0_writes_log_and_checkpoint_once(launched):
         assert [json.loads(x)["epoch"] for x in lines] == list(range(EPOCHS))
         ckpt = launched / f"ckpt_{method}"
         assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt"]
-        state = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt / "last.pt")
         assert state["epoch"] == EPOCHS - 1 and len(state["history"]) == EPOCHS
         saved = _state(launched / f"{method}_rank0.pt")
         for name, value in state["model"].items():

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qure.train as qtrain  # noqa: E402
+from qure.checkpoint import load_checkpoint  # noqa: E402
 from qure.models import TinyCIRModel  # noqa: E402
 from qure.sampling import NegativeSampler  # noqa: E402
 from qure.train import (  # noqa: E402
@@ -305,7 +306,7 @@ def test_checkpoint_and_log_files(data, tmp_path):
     assert len(lines) == 4
     records = [json.loads(line) for line in lines]
     assert records == result.history
-    state = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt / "last.pt")
     assert state["epoch"] == 3
     assert state["config"]["method"] == "qure"
     assert len(state["history"]) == 4
@@ -351,7 +352,7 @@ def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, method, stop_aft
     )
     with pytest.raises(Interrupted):
         train(make_model(seed=0), data, cfg_b, evaluate=interrupt)
-    state = torch.load(dir_b / "last.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(dir_b / "last.pt")
     assert state["epoch"] == stop_after
     assert not list(dir_b.glob("*.tmp"))
 
@@ -370,8 +371,8 @@ def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, method, stop_aft
     else:
         assert result_a.negatives is None and result_b.negatives is None
     # The checkpoints agree too (model, optimizer, scheduler, negatives, history).
-    state_a = torch.load(dir_a / "last.pt", map_location="cpu", weights_only=False)
-    state_b = torch.load(dir_b / "last.pt", map_location="cpu", weights_only=False)
+    state_a = load_checkpoint(dir_a / "last.pt")
+    state_b = load_checkpoint(dir_b / "last.pt")
     for key in ("checkpoint_dir", "log_path", "resume"):
         del state_a["config"][key], state_b["config"][key]
     assert_same_nested(state_a, state_b)

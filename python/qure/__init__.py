@@ -16,7 +16,12 @@ from .sampling import NegativeSampler
 
 __version__: str = _core.__version__
 
+MAX_THREADS: int = _core.MAX_THREADS
+"""The most threads qure uses (1024): results never depend on the count, and more than a few per
+core only costs memory and start-up time."""
+
 __all__ = [
+    "MAX_THREADS",
     "HardNegatives",
     "NegativeSampler",
     "__version__",
@@ -32,11 +37,14 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Sets how many threads qure's parallel work uses (results never depend on it)."""
+    """Sets how many threads qure's parallel work uses, from 1 to :data:`MAX_THREADS` (results
+    never depend on it). Raises ``ValueError`` outside that range, before starting any thread."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"the number of threads must be an integer, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"the number of threads must be at most {MAX_THREADS}, got {n}")
     _core.set_num_threads(n)
 
 
@@ -54,15 +62,21 @@ if _env_simd is not None and _env_simd not in ("portable", "scalar", "avx2", "av
         stacklevel=2,
     )
 
-_env_threads = os.environ.get("QURE_NUM_THREADS")
-if _env_threads is not None:
+
+def _check_env_threads(value: str | None) -> None:
+    """``QURE_NUM_THREADS`` must be an integer from 1 to ``MAX_THREADS`` (or unset: all cores).
+    Checked at import, before the thread pool exists, so a typo never starts 100000 threads."""
+    if value is None:
+        return
     try:
-        _env_value = int(_env_threads)
-        if _env_value < 1:
-            raise ValueError
+        n = int(value)
     except ValueError:
-        warnings.warn(
-            f"QURE_NUM_THREADS={_env_threads!r} is not a positive integer; using all cores",
-            RuntimeWarning,
-            stacklevel=2,
+        n = 0
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(
+            f"QURE_NUM_THREADS={value!r} must be an integer from 1 to {MAX_THREADS} "
+            "(or unset, to use every core)"
         )
+
+
+_check_env_threads(os.environ.get("QURE_NUM_THREADS"))

@@ -4,7 +4,9 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+MAX_THREADS: int
 __all__ = [
+    "MAX_THREADS",
     "__version__",
     "fma_peak_gflops",
     "get_num_threads",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,21 @@ import numpy as np
 import torch
 
 from . import distributed as qdist
+from .checkpoint import load_model_state
 from .datasets import CIRSplit, load_circo, load_cirr, load_fashioniq
 from .metrics import circo_map, cirr_average, cirr_recall, cirr_subset_recall, fashioniq_recall
+from .models.preprocess import TargetPad
 from .models.registry import build_model
 from .retrieval import score, target_rank, topk
 from .train import CIRTrainData, TrainConfig, encode_split, train
 
-__all__ = ["ImagePool", "evaluate_from_config", "load_config", "train_from_config"]
+__all__ = [
+    "ImagePool",
+    "evaluate_from_config",
+    "feature_cache_key",
+    "load_config",
+    "train_from_config",
+]
 
 DATASETS = ("fashioniq", "cirr", "circo")
 
@@ -212,27 +221,84 @@ def _train_from_config(config: dict[str, Any], *, resume: bool, progress: bool) 
     return {"output": str(out), "epochs": len(result.history), "last": last}
 
 
-def _cache_key(checkpoint: Path) -> str:
+def _preprocessing(model: torch.nn.Module) -> Any:
+    """What turns an image file into the model's input, as JSON-able data."""
+    transform = getattr(model, "preprocess", None)
+    if isinstance(transform, TargetPad):
+        return {
+            "transform": "TargetPad",
+            "ratio": transform.ratio,
+            "size": transform.size,
+            "mean": transform.mean.flatten().tolist(),
+            "std": transform.std.flatten().tolist(),
+        }
+    return None if transform is None else repr(transform)
+
+
+def feature_cache_key(
+    checkpoint: Path, model_spec: dict[str, Any], model: torch.nn.Module, split: CIRSplit
+) -> str:
+    """What cached gallery features depend on, hashed: the checkpoint (path, size, mtime), the
+    model spec, the model class, the preprocessing and the split's name and gallery image list.
+    Change any of them and the features are encoded afresh."""
     stat = checkpoint.stat()
-    text = f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    identity = {
+        "checkpoint": [str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns],
+        "model": model_spec,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "preprocess": _preprocessing(model),
+        "split": split.name,
+        "gallery": [os.fspath(p) for p in split.images[: split.n_gallery]],
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _FeatureCache:
+    """Gallery features of one checkpoint, one file per (split, key) in ``folder``."""
+
+    folder: Path
+    checkpoint: Path
+    model_spec: dict[str, Any]
+
+    def path(self, model: torch.nn.Module, split: CIRSplit) -> Path:
+        key = feature_cache_key(self.checkpoint, self.model_spec, model, split)
+        return self.folder / f"{split.name.replace('/', '-')}-{key}.gallery.npy"
+
+
+def _read_cached(path: Path, n_gallery: int) -> np.ndarray | None:
+    """Cached features, or None when absent, unreadable or not ``(n_gallery, T, d)`` float32."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if features.ndim != 3 or features.shape[0] != n_gallery or features.dtype != np.float32:
+        return None
+    return features
+
+
+def _write_cached(path: Path, features: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, features, allow_pickle=False)
+    os.replace(tmp, path)
 
 
 def _encode(
     model: torch.nn.Module,
     split: CIRSplit,
-    cache: Path | None,
+    cache: _FeatureCache | None,
     device: torch.device,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Query and gallery features; gallery features are cached per split and checkpoint."""
+    """Query and gallery features; gallery features are cached (see :func:`feature_cache_key`)."""
     pool = ImagePool(split.images, model.preprocess)
     text = model.tokenize(split.texts)
-    cached = None
-    if cache is not None:
-        cached = cache / (split.name.replace("/", "-") + ".gallery.npy")
-    if cached is not None and cached.is_file():
-        gallery = np.load(cached)
+    cached = None if cache is None else cache.path(model, split)
+    gallery = None if cached is None else _read_cached(cached, split.n_gallery)
+    if gallery is not None:
         queries, _ = encode_split(
             model, pool, split.reference, text, device=device, n_gallery=1, progress=progress
         )
@@ -247,8 +313,7 @@ def _encode(
         progress=progress,
     )
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cached, gallery)
+        _write_cached(cached, gallery)
     return queries, gallery
 
 
@@ -287,9 +352,8 @@ def evaluate_from_config(
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"] if "model" in state else state)
-        cache = out / "features" / _cache_key(checkpoint)
+        model.load_state_dict(load_model_state(checkpoint, map_location="cpu"))
+        cache = _FeatureCache(out / "features", checkpoint, config["model"])
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +29,10 @@ items is no sign of trouble."""
 
 Pairing = Literal["consecutive", "anchored"]
 _PAIRINGS = ("consecutive", "anchored")
+_COUNT_MAX = 2**63 - 1
+"""Counts above this (thresholds, windows, block sizes) mean "more than any gallery holds"."""
+_FIELDS = ("indptr", "indices", "target_rank", "drops")
+_OPTIONAL_FIELDS = ("tail_length",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,20 +192,108 @@ class HardNegatives:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HardNegatives:
-        """Reads bands written by :meth:`save`."""
-        with np.load(path) as data:
-            missing = {"indptr", "indices", "target_rank", "drops"} - set(data.files)
+        """Reads bands written by :meth:`save` (with or without ``tail_length``).
+
+        Nothing is ever unpickled, and no array is allocated before its size has been checked
+        against the file. Raises ``FileNotFoundError`` when ``path`` does not exist, and
+        ``ValueError`` naming the path and the problem for anything else: an unreadable,
+        truncated, corrupt or foreign file, or arrays that do not form consistent bands.
+        """
+        name = os.fspath(path)
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"bands file not found: {name}")
+        try:
+            arrays = _read_npz(name, _FIELDS + _OPTIONAL_FIELDS)
+            missing = [f for f in _FIELDS if f not in arrays]
             if missing:
-                raise ValueError(f"{path} is not a HardNegatives file (missing {sorted(missing)})")
-            return cls(
-                indptr=data["indptr"].astype(np.int64),
-                indices=data["indices"].astype(np.int64),
-                target_rank=data["target_rank"].astype(np.int64),
-                drops=data["drops"].astype(np.int64),
-                tail_length=(
-                    data["tail_length"].astype(np.int64) if "tail_length" in data.files else None
-                ),
-            )
+                raise ValueError(f"it is not a HardNegatives file (missing {missing})")
+            columns = {f: _as_int64(arrays[f], f) for f in arrays}
+            _check_bands(columns)
+            return cls(**columns)
+        except (
+            ValueError,  # what the checks raise, and NumPy for a malformed .npy header
+            OSError,  # unreadable: permissions, a directory, an I/O error
+            EOFError,
+            zipfile.BadZipFile,  # a corrupt archive or a failed CRC
+            zlib.error,  # corrupt compressed data
+            NotImplementedError,  # an unsupported compression method
+            RuntimeError,  # an encrypted archive
+        ) as exc:
+            raise ValueError(f"cannot load bands from {name}: {exc}") from None
+
+
+def _read_npz(name: str, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``wanted`` of the ``.npz`` file ``name`` (others are not read). Each member's
+    ``.npy`` header is parsed first and its declared size checked against the member's size, so a
+    truncated or forged file never makes this allocate what it does not hold; object dtypes
+    (pickles) are refused."""
+    out: dict[str, np.ndarray] = {}
+    with open(name, "rb") as handle:
+        if not zipfile.is_zipfile(handle):
+            raise ValueError("it is not an .npz archive (not a zip file)")
+        with zipfile.ZipFile(handle) as archive:
+            for info in archive.infolist():
+                key = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else None
+                if key not in wanted or key in out:
+                    continue
+                with archive.open(info) as member:
+                    out[key] = _read_npy(member, info.file_size, key)
+    return out
+
+
+def _read_npy(member: Any, size: int, key: str) -> np.ndarray:
+    fmt = np.lib.format
+    version = fmt.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"array {key!r} has an unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError(f"array {key!r} holds Python objects (refused: it would need unpickling)")
+    if dtype.kind not in "iu":
+        raise ValueError(f"array {key!r} must hold integers, got dtype {dtype}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    held = size - member.tell()
+    if nbytes != held:
+        raise ValueError(
+            f"array {key!r} declares shape {shape} of {dtype} ({nbytes} bytes) but holds "
+            f"{held} bytes: the file is truncated or corrupt"
+        )
+    data = member.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"array {key!r} is truncated ({len(data)} of {nbytes} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _as_int64(array: np.ndarray, key: str) -> np.ndarray:
+    if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"array {key!r} holds values too large for int64")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _check_bands(columns: dict[str, np.ndarray]) -> None:
+    indptr, indices = columns["indptr"], columns["indices"]
+    rank, drops = columns["target_rank"], columns["drops"]
+    if indptr.ndim != 1 or indices.ndim != 1 or rank.ndim != 1 or drops.ndim != 2:
+        raise ValueError(
+            "arrays of the wrong dimensions: indptr "
+            f"{indptr.shape}, indices {indices.shape}, target_rank {rank.shape}, "
+            f"drops {drops.shape}"
+        )
+    q = rank.shape[0]
+    if indptr.shape != (q + 1,) or drops.shape != (q, 2):
+        raise ValueError(
+            f"inconsistent arrays for {q} queries: indptr {indptr.shape}, drops {drops.shape}"
+        )
+    tail = columns.get("tail_length")
+    if tail is not None and tail.shape != (q,):
+        raise ValueError(f"tail_length has shape {tail.shape}, expected ({q},)")
+    if indptr[0] != 0 or indptr[-1] != indices.shape[0] or (np.diff(indptr) < 0).any():
+        raise ValueError("indptr does not run from 0 to len(indices) without going backwards")
+    if indices.size and int(indices.min()) < 0:
+        raise ValueError("indices holds negative gallery indices")
 
 
 def tail_lengths(target_rank: np.ndarray, n_gallery: int, max_rank: int | None) -> np.ndarray:
@@ -209,12 +303,15 @@ def tail_lengths(target_rank: np.ndarray, n_gallery: int, max_rank: int | None) 
     return tails if max_rank is None else np.minimum(tails, max_rank)
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
+def _check_count(value: Any, name: str, minimum: int, *, clamp: bool = False) -> int:
+    """``value`` as an int of at least ``minimum``. With ``clamp``, values above ``_COUNT_MAX``
+    (more than any gallery holds, so the same meaning) become ``_COUNT_MAX``: the native core
+    takes 64-bit sizes."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
+    return min(int(value), _COUNT_MAX) if clamp else int(value)
 
 
 @dataclass(frozen=True)
@@ -241,10 +338,10 @@ class MiningArguments:
         positives: Any = None,
         gallery_ids: Any = None,
     ) -> MiningArguments:
-        threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0)
-        if pairing not in _PAIRINGS:
+        threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0, clamp=True)
+        if not isinstance(pairing, str) or pairing not in _PAIRINGS:
             raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
-        rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1)
+        rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1, clamp=True)
         pos_indptr = pos_indices = None
         if positives is not None:
             pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)

@@ -119,7 +119,7 @@ def mine_from_features(
         positives=positives,
         gallery_ids=gallery_ids,
     )
-    block = None if block_size is None else _check_count(block_size, "block_size", 1)
+    block = None if block_size is None else _check_count(block_size, "block_size", 1, clamp=True)
     indptr, indices, ranks, drops = _core.mine_from_features(q, g, targets, *args.native(), block)
     return HardNegatives(
         indptr=indptr,

@@ -15,7 +15,8 @@ As in the paper, ``qure`` and ``topk`` use random negatives for a warm-up of ``e
 epochs and re-mine every ``epochs // n_def`` epochs after that (n_def = 6: for 30 epochs, at
 epochs 5, 10, 15, 20, 25). Queries whose band is empty fall back to a random negative (counted
 and logged). AdamW, cosine decay per epoch to lr/100, optional mixed precision on CUDA. A
-checkpoint is written atomically after every epoch and ``resume=True`` continues exactly.
+checkpoint is written atomically and durably after every epoch (:mod:`qure.checkpoint`: read
+back without unpickling code) and ``resume=True`` continues exactly.
 Under ``torchrun`` training is data-parallel (DDP) and mining is sharded (:mod:`qure.distributed`).
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as qdist
+from .checkpoint import load_checkpoint, save_checkpoint
 from .mining import HardNegatives
 from .retrieval import mine_from_features, topk
 from .sampling import NegativeSampler
@@ -401,9 +402,7 @@ def _mine_rows(
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(state, path)
 
 
 def _negatives_state(negatives: HardNegatives | None) -> dict[str, np.ndarray] | None:
@@ -458,7 +457,7 @@ def train(
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
     if config.resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

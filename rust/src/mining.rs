@@ -23,7 +23,7 @@ use std::collections::HashSet;
 
 use rayon::prelude::*;
 
-use crate::error::{QureError, Result};
+use crate::error::{out_of_memory, try_refill, try_reserve, QureError, Result};
 use crate::keys::{drop_key, f32_to_ordered, key_index, key_score, rank_key};
 use crate::threads;
 
@@ -109,16 +109,17 @@ impl HardNegatives {
         &self.indices[self.indptr[i] as usize..self.indptr[i + 1] as usize]
     }
 
-    /// An empty result with room for `queries` queries.
-    pub fn with_capacity(queries: usize) -> Self {
-        let mut indptr = Vec::with_capacity(queries + 1);
-        indptr.push(0);
-        HardNegatives {
-            indptr,
-            indices: Vec::new(),
-            target_rank: Vec::with_capacity(queries),
-            drops: Vec::with_capacity(queries),
-        }
+    /// An empty result with room for `queries` queries (allocated fallibly).
+    pub fn try_with_capacity(queries: usize) -> Result<Self> {
+        let mut out = HardNegatives { indptr: vec![0], ..HardNegatives::default() };
+        out.reserve_rows(queries)?;
+        Ok(out)
+    }
+
+    fn reserve_rows(&mut self, queries: usize) -> Result<()> {
+        try_reserve(&mut self.indptr, queries, "band offsets", &[queries.saturating_add(1)])?;
+        try_reserve(&mut self.target_rank, queries, "target ranks", &[queries])?;
+        try_reserve(&mut self.drops, queries, "drop positions", &[queries, 2])
     }
 
     /// Closes the current row, whose band was already pushed onto `indices`.
@@ -131,10 +132,13 @@ impl HardNegatives {
         });
     }
 
-    /// Appends the queries of `parts`, in order.
-    pub fn append(&mut self, parts: &[HardNegatives]) {
+    /// Appends the queries of `parts`, in order. Room is reserved fallibly first, so on
+    /// [`QureError::OutOfMemory`] nothing was appended.
+    pub fn append(&mut self, parts: &[HardNegatives]) -> Result<()> {
         let extra: usize = parts.iter().map(|p| p.indices.len()).sum();
-        self.indices.reserve_exact(extra);
+        let total = self.indices.len().saturating_add(extra);
+        try_reserve(&mut self.indices, extra, "bands", &[total])?;
+        self.reserve_rows(parts.iter().map(HardNegatives::len).sum())?;
         for part in parts {
             let offset = self.indices.len() as i64;
             self.indices.extend_from_slice(&part.indices);
@@ -142,6 +146,7 @@ impl HardNegatives {
             self.target_rank.extend_from_slice(&part.target_rank);
             self.drops.extend_from_slice(&part.drops);
         }
+        Ok(())
     }
 }
 
@@ -224,18 +229,18 @@ impl<'a> Miner<'a> {
             )));
         }
         // Fixed-size tasks, concatenated in order: the same output for any thread count.
-        let chunks: Vec<std::result::Result<HardNegatives, (usize, usize)>> = block
+        let chunks: Vec<Result<HardNegatives>> = block
             .par_chunks(n * ROWS_PER_TASK)
             .enumerate()
             .map_init(Scratch::default, |scratch, (c, rows)| {
                 let first = first_query + c * ROWS_PER_TASK;
-                let mut part = HardNegatives::with_capacity(rows.len() / n);
+                let mut part = HardNegatives::try_with_capacity(rows.len() / n)?;
                 for (r, row) in rows.chunks_exact(n).enumerate() {
                     let query = first + r;
                     let target = self.targets[query] as usize;
                     let (rank, drops) = mine_row(row, target, &self.options, scratch)
-                        .map_err(|col| (query, col))?;
-                    self.exclude_into(query, target, &scratch.band, &mut part.indices);
+                        .map_err(|e| e.at_row(query))?;
+                    self.exclude_into(query, target, &scratch.band, &mut part.indices)?;
                     part.finish_row(rank, drops);
                 }
                 Ok(part)
@@ -244,18 +249,22 @@ impl<'a> Miner<'a> {
         let mut parts = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             // The first failing task holds the first bad row.
-            parts.push(chunk.map_err(|(row, col)| QureError::NonFinite {
-                what: "scores",
-                row,
-                col,
-            })?);
+            parts.push(chunk?);
         }
-        out.append(&parts);
-        Ok(())
+        out.append(&parts)
     }
 
     /// Appends the band's gallery indices, minus positives and duplicate ids, to `out`.
-    fn exclude_into(&self, query: usize, target: usize, band: &[u64], out: &mut Vec<i64>) {
+    fn exclude_into(
+        &self,
+        query: usize,
+        target: usize,
+        band: &[u64],
+        out: &mut Vec<i64>,
+    ) -> Result<()> {
+        // Amortised growth: a task appends a few bands.
+        let total = out.len().saturating_add(band.len());
+        out.try_reserve(band.len()).map_err(|_| out_of_memory::<i64>("bands", &[total]))?;
         let positives = self.exclusions.positives.map(|p| p.row(query)).unwrap_or(&[]);
         match self.exclusions.gallery_ids {
             None if positives.is_empty() => {
@@ -271,8 +280,9 @@ impl<'a> Miner<'a> {
                 );
             }
             Some(ids) => {
-                let mut seen: HashSet<i64> =
-                    HashSet::with_capacity(band.len() + positives.len() + 1);
+                let room = band.len() + positives.len() + 1;
+                let mut seen: HashSet<i64> = HashSet::new();
+                seen.try_reserve(room).map_err(|_| out_of_memory::<i64>("band ids", &[room]))?;
                 seen.insert(ids[target]);
                 seen.extend(positives.iter().map(|&p| ids[p as usize]));
                 out.extend(
@@ -283,6 +293,7 @@ impl<'a> Miner<'a> {
                 );
             }
         }
+        Ok(())
     }
 }
 
@@ -322,19 +333,19 @@ pub fn mine_negatives(
     exclusions: Exclusions<'_>,
 ) -> Result<HardNegatives> {
     let miner = Miner::new(n_gallery, targets, options, exclusions)?;
-    if scores.len() != targets.len() * n_gallery {
+    if targets.len().checked_mul(n_gallery) != Some(scores.len()) {
         return Err(QureError::invalid(format!(
             "scores hold {} values, expected {} queries x {n_gallery} gallery items",
             scores.len(),
             targets.len()
         )));
     }
-    let mut out = HardNegatives::with_capacity(targets.len());
+    let mut out = HardNegatives::try_with_capacity(targets.len())?;
     threads::install(|| miner.mine_block(0, scores, &mut out))?;
     Ok(out)
 }
 
-/// Per-thread buffers, reused across rows.
+/// Per-thread buffers, reused across rows; every one grows fallibly.
 #[derive(Default)]
 struct Scratch {
     keys: Vec<u64>,
@@ -358,18 +369,41 @@ const SMALL_BAND: usize = 64;
 /// Tail items per bucket in the fast path.
 const ITEMS_PER_BUCKET: usize = 8;
 
+/// Why a row could not be mined.
+enum RowError {
+    /// The column of a non-finite score.
+    NonFinite(usize),
+    /// Scratch space could not be allocated.
+    Alloc(QureError),
+}
+
+impl RowError {
+    fn at_row(self, row: usize) -> QureError {
+        match self {
+            RowError::NonFinite(col) => QureError::NonFinite { what: "scores", row, col },
+            RowError::Alloc(err) => err,
+        }
+    }
+}
+
+impl From<QureError> for RowError {
+    fn from(err: QureError) -> Self {
+        RowError::Alloc(err)
+    }
+}
+
 /// Mines one row; the band's rank keys (before exclusions) are left in `scratch.band`.
-/// Returns the target's rank and the chosen drop positions, or the column of a non-finite score.
+/// Returns the target's rank and the chosen drop positions.
 fn mine_row(
     row: &[f32],
     target: usize,
     options: &MineOptions,
     scratch: &mut Scratch,
-) -> std::result::Result<(usize, Option<(usize, usize)>), usize> {
+) -> std::result::Result<(usize, Option<(usize, usize)>), RowError> {
     let n = row.len();
     scratch.band.clear();
     let keys = &mut scratch.keys;
-    keys.resize(n, 0);
+    try_refill(keys, n, 0, "mining scratch")?;
     let target_key = rank_key(row[target], target as u32);
     let mut len = 0;
     let mut finite = true;
@@ -381,7 +415,7 @@ fn mine_row(
         len += usize::from(key > target_key);
     }
     if !finite {
-        return Err(row.iter().position(|v| !v.is_finite()).unwrap_or(0));
+        return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
     }
     let target_rank = n - 1 - len;
     if let Some(m) = options.max_rank {
@@ -394,13 +428,15 @@ fn mine_row(
     if len < 3 {
         return Ok((target_rank, None));
     }
-    let drops =
-        choose_band_bucketed(scratch, options).or_else(|| choose_band_sorted(scratch, options));
+    let drops = match choose_band_bucketed(scratch, options)? {
+        Some(pair) => Some(pair),
+        None => choose_band_sorted(scratch, options)?,
+    };
     Ok((target_rank, drops))
 }
 
 /// Sorts rank keys in linear expected time: buckets by score, then orders each small bucket.
-fn bucket_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, starts: &mut Vec<u32>) {
+fn bucket_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, starts: &mut Vec<u32>) -> Result<()> {
     let (mut kmin, mut kmax) = (u64::MAX, 0u64);
     for &k in keys.iter() {
         kmin = kmin.min(k);
@@ -411,21 +447,19 @@ fn bucket_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, starts: &mut Vec<u32>)
     let scale = buckets as f64 / (f64::from(hi) - f64::from(lo));
     if hi <= lo || !scale.is_finite() {
         keys.sort_unstable();
-        return;
+        return Ok(());
     }
     let last = buckets - 1;
     let bucket_of =
         |k: u64| (((f64::from(hi) - f64::from(key_score(k))) * scale) as usize).min(last);
-    starts.clear();
-    starts.resize(buckets + 1, 0);
+    try_refill(starts, buckets + 1, 0, "mining scratch")?;
     for &k in keys.iter() {
         starts[bucket_of(k) + 1] += 1;
     }
     for b in 0..buckets {
         starts[b + 1] += starts[b];
     }
-    spare.clear();
-    spare.resize(keys.len(), 0);
+    try_refill(spare, keys.len(), 0, "mining scratch")?;
     for &k in keys.iter() {
         let slot = &mut starts[bucket_of(k)];
         spare[*slot as usize] = k;
@@ -441,6 +475,7 @@ fn bucket_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, starts: &mut Vec<u32>)
         begin = end;
     }
     std::mem::swap(keys, spare);
+    Ok(())
 }
 
 /// Sorts a short slice (a bucket holds a handful of keys; larger ones fall back to pdqsort).
@@ -504,24 +539,34 @@ fn choose_pair(drops: &mut [u64], options: &MineOptions) -> Option<(usize, usize
 }
 
 /// Exact rule by a full sort of the tail (fallback, and the reference for the fast path).
-fn choose_band_sorted(scratch: &mut Scratch, options: &MineOptions) -> Option<(usize, usize)> {
+fn choose_band_sorted(
+    scratch: &mut Scratch,
+    options: &MineOptions,
+) -> Result<Option<(usize, usize)>> {
     let keys = &mut scratch.keys;
     keys.sort_unstable();
     let drops = &mut scratch.candidates;
     drops.clear();
+    try_reserve(drops, keys.len(), "mining scratch", &[keys.len()])?;
     drops.extend(
         keys.windows(2)
             .enumerate()
             .map(|(j, w)| drop_key(key_score(w[1]) - key_score(w[0]), j as u32)),
     );
-    let (a, b) = choose_pair(drops, options)?;
+    let Some((a, b)) = choose_pair(drops, options) else {
+        return Ok(None);
+    };
     scratch.band.clear();
+    try_reserve(&mut scratch.band, b - a, "mining scratch", &[b - a])?;
     scratch.band.extend_from_slice(&keys[a + 1..=b]);
-    Some((a, b))
+    Ok(Some((a, b)))
 }
 
 /// The bucketed fast path; `None` when it cannot certify the answer (the caller then sorts).
-fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<(usize, usize)> {
+fn choose_band_bucketed(
+    scratch: &mut Scratch,
+    options: &MineOptions,
+) -> Result<Option<(usize, usize)>> {
     let keys = &scratch.keys;
     let len = keys.len();
     let (mut kmin, mut kmax) = (u64::MAX, 0u64);
@@ -531,12 +576,12 @@ fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<
     }
     let (hi, lo) = (key_score(kmin), key_score(kmax));
     if hi <= lo {
-        return None; // all scores equal: every drop is 0
+        return Ok(None); // all scores equal: every drop is 0
     }
     let buckets = len.div_ceil(ITEMS_PER_BUCKET);
     let scale = buckets as f64 / (f64::from(hi) - f64::from(lo));
     if !scale.is_finite() || scale <= 0.0 {
-        return None;
+        return Ok(None);
     }
     let last = buckets - 1;
     // Monotone in the score: a higher score never lands in a later bucket.
@@ -545,12 +590,9 @@ fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<
     let count = &mut scratch.count;
     let bmin = &mut scratch.bucket_min;
     let bmax = &mut scratch.bucket_max;
-    count.clear();
-    count.resize(buckets, 0);
-    bmin.clear();
-    bmin.resize(buckets, f32::INFINITY);
-    bmax.clear();
-    bmax.resize(buckets, f32::NEG_INFINITY);
+    try_refill(count, buckets, 0, "mining scratch")?;
+    try_refill(bmin, buckets, f32::INFINITY, "mining scratch")?;
+    try_refill(bmax, buckets, f32::NEG_INFINITY, "mining scratch")?;
     for &k in keys.iter() {
         let v = key_score(k);
         let b = bucket_of(v);
@@ -570,6 +612,7 @@ fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<
     // the steepest drops of the whole tail, in the same order. `count` becomes cumulative.
     let candidates = &mut scratch.candidates;
     candidates.clear();
+    try_reserve(candidates, buckets, "mining scratch", &[buckets])?;
     let mut cumulative = 0u32;
     let mut previous: Option<usize> = None;
     for b in 0..buckets {
@@ -587,9 +630,11 @@ fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<
         count[b] = cumulative;
     }
     if candidates.len() < 2 {
-        return None;
+        return Ok(None);
     }
-    let (a, b) = choose_pair(candidates, options)?;
+    let Some((a, b)) = choose_pair(candidates, options) else {
+        return Ok(None);
+    };
     // Both drops lie on bucket boundaries, so the band is exactly a run of whole buckets.
     let first_bucket = count.partition_point(|&c| c as usize <= a + 1);
     let last_bucket = count.partition_point(|&c| c as usize <= b);
@@ -598,8 +643,7 @@ fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<
     let bottom = (u64::from(!f32_to_ordered(bmin[last_bucket])) << 32) | u64::from(u32::MAX);
     let size = b - a;
     let band = &mut scratch.band;
-    band.clear();
-    band.resize(size, 0);
+    try_refill(band, size, 0, "mining scratch")?;
     let mut n = 0;
     for &k in keys.iter() {
         band[n] = k;
@@ -612,9 +656,9 @@ fn choose_band_bucketed(scratch: &mut Scratch, options: &MineOptions) -> Option<
     if size <= SMALL_BAND {
         band.sort_unstable();
     } else {
-        bucket_sort(band, &mut scratch.candidates, &mut scratch.cursor);
+        bucket_sort(band, &mut scratch.candidates, &mut scratch.cursor)?;
     }
-    Some((a, b))
+    Ok(Some((a, b)))
 }
 
 #[cfg(test)]
@@ -816,7 +860,7 @@ mod tests {
             pool.install(|| {
                 let miner =
                     Miner::new(n, &targets, MineOptions::default(), Exclusions::default()).unwrap();
-                let mut out = HardNegatives::with_capacity(q);
+                let mut out = HardNegatives::try_with_capacity(q).unwrap();
                 miner.mine_block(0, &scores[..n * 10], &mut out).unwrap();
                 miner.mine_block(10, &scores[n * 10..], &mut out).unwrap();
                 out

@@ -5,17 +5,20 @@ use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyReadonlyArray3, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::QureError;
-use crate::kernel::Simd;
+use crate::kernel::Kernel;
 use crate::mining::{self, CsrRef, Exclusions, HardNegatives, MineOptions, Pairing};
 use crate::score::{self as core_score, Gallery, Queries};
 use crate::threads;
 
 fn to_py(err: QureError) -> PyErr {
-    PyValueError::new_err(err.to_string())
+    match err {
+        QureError::OutOfMemory { .. } => PyMemoryError::new_err(err.to_string()),
+        _ => PyValueError::new_err(err.to_string()),
+    }
 }
 
 fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
@@ -215,11 +218,11 @@ fn mine_from_features<'py>(
 #[pyo3(signature = (iterations=200_000_000))]
 fn fma_peak_gflops(py: Python<'_>, iterations: u64) -> f64 {
     use rayon::prelude::*;
-    let simd = Simd::current();
+    let kernel = Kernel::current();
     py.detach(|| {
         threads::install(|| {
             let n = rayon::current_num_threads();
-            (0..n).into_par_iter().map(|_| crate::kernel::fma_peak_gflops(simd, iterations)).sum()
+            (0..n).into_par_iter().map(|_| crate::kernel::fma_peak_gflops(kernel, iterations)).sum()
         })
     })
 }
@@ -247,10 +250,10 @@ fn sample_negatives<'py>(
 /// The SIMD kernel scoring uses: "avx512", "avx2" or "portable".
 #[pyfunction]
 fn simd_kernel() -> &'static str {
-    Simd::current().name()
+    Kernel::current().name()
 }
 
-/// Sets the number of threads qure's parallel calls use (`n >= 1`).
+/// Sets the number of threads qure's parallel calls use (`1 <= n <= MAX_THREADS`).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
     threads::set_num_threads(n).map_err(to_py)
@@ -275,5 +278,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_THREADS", threads::MAX_THREADS)?;
     Ok(())
 }

@@ -8,11 +8,12 @@
 //!
 //! The permutation is a Fisher-Yates shuffle keyed by `(seed, query, cycle)`, run lazily: only
 //! its first `e mod m + 1` steps, with the swaps kept in a small sparse map, so a draw costs
-//! O(epoch) time and memory, independent of the band size.
+//! O(min(epoch, band size)) time and memory. The map is reserved fallibly up front, and a call
+//! draws once per distinct query, so repeating a query in a request costs nothing extra.
 
 use std::collections::HashMap;
 
-use crate::error::{QureError, Result};
+use crate::error::{out_of_memory, QureError, Result};
 use crate::mining::CsrRef;
 
 /// SplitMix64's finaliser: a strong 64-bit mixer.
@@ -48,18 +49,24 @@ impl Stream {
     }
 }
 
-/// Position `position` of the uniformly random permutation of `0..n` keyed by `key`.
-pub fn permuted(n: u64, key: u64, position: u64) -> u64 {
-    debug_assert!(position < n);
+/// Position `position` of the uniformly random permutation of `0..n` keyed by `key`
+/// (`position < n`). The swap map (two entries per step) is allocated fallibly.
+pub fn permuted(n: u64, key: u64, position: u64) -> Result<u64> {
+    if position >= n {
+        return Err(QureError::invalid(format!("position {position} is outside 0..{n}")));
+    }
     let mut rng = Stream(key);
     // Sparse Fisher-Yates: `swaps` holds the slots whose content is no longer their own index.
     let mut swaps: HashMap<u64, u64> = HashMap::new();
+    let entries = usize::try_from(position).ok().and_then(|p| p.checked_add(1)?.checked_mul(2));
+    let oom = || out_of_memory::<(u64, u64)>("sampler state", &[entries.unwrap_or(usize::MAX)]);
+    swaps.try_reserve(entries.ok_or_else(oom)?).map_err(|_| oom())?;
     for i in 0..=position {
         let j = i + rng.below(n - i);
         let vi = swaps.get(&i).copied().unwrap_or(i);
         let vj = swaps.get(&j).copied().unwrap_or(j);
         if i == position {
-            return vj;
+            return Ok(vj);
         }
         swaps.insert(i, vj);
         swaps.insert(j, vi);
@@ -68,13 +75,13 @@ pub fn permuted(n: u64, key: u64, position: u64) -> u64 {
 }
 
 /// The negative drawn for `query` at `epoch`, or -1 when its band is empty.
-pub fn sample_one(bands: CsrRef<'_>, seed: u64, query: usize, epoch: u64) -> i64 {
+pub fn sample_one(bands: CsrRef<'_>, seed: u64, query: usize, epoch: u64) -> Result<i64> {
     let band = bands.row(query);
     let m = band.len() as u64;
     if m == 0 {
-        return -1;
+        return Ok(-1);
     }
-    band[permuted(m, key(seed, query as u64, epoch / m), epoch % m) as usize]
+    Ok(band[permuted(m, key(seed, query as u64, epoch / m), epoch % m)? as usize])
 }
 
 /// One draw per entry of `queries` (see the module docs).
@@ -86,16 +93,23 @@ pub fn sample(bands: CsrRef<'_>, seed: u64, queries: &[i64], epoch: u64) -> Resu
     {
         return Err(QureError::invalid("bands have inconsistent row offsets"));
     }
-    queries
-        .iter()
-        .map(|&q| {
-            if q < 0 || q as u64 >= n as u64 {
-                Err(QureError::invalid(format!("query {q} is out of range for {n} queries")))
-            } else {
-                Ok(sample_one(bands, seed, q as usize, epoch))
-            }
-        })
-        .collect()
+    if let Some(&q) = queries.iter().find(|&&q| q < 0 || q as u64 >= n as u64) {
+        return Err(QureError::invalid(format!("query {q} is out of range for {n} queries")));
+    }
+    // Draw once per distinct query (a draw costs up to the band size), in query order.
+    let mut order: Vec<usize> = (0..queries.len()).collect();
+    order.sort_unstable_by_key(|&i| queries[i]);
+    let mut out = vec![-1i64; queries.len()];
+    let mut previous: Option<(i64, i64)> = None;
+    for i in order {
+        let q = queries[i];
+        out[i] = match previous {
+            Some((p, drawn)) if p == q => drawn,
+            _ => sample_one(bands, seed, q as usize, epoch)?,
+        };
+        previous = Some((q, out[i]));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -108,7 +122,7 @@ mod tests {
             for k in 0..3 {
                 let mut seen = vec![false; n as usize];
                 for i in 0..n {
-                    let y = permuted(n, mix(k), i) as usize;
+                    let y = permuted(n, mix(k), i).unwrap() as usize;
                     assert!(!seen[y], "n={n}");
                     seen[y] = true;
                 }
@@ -124,14 +138,19 @@ mod tests {
         for query in [0usize, 2] {
             let m = bands.row(query).len() as u64;
             for cycle in 0..4 {
-                let mut drawn: Vec<i64> =
-                    (cycle * m..(cycle + 1) * m).map(|e| sample_one(bands, 7, query, e)).collect();
+                let mut drawn: Vec<i64> = (cycle * m..(cycle + 1) * m)
+                    .map(|e| sample_one(bands, 7, query, e).unwrap())
+                    .collect();
                 drawn.sort_unstable();
                 assert_eq!(drawn, bands.row(query));
             }
         }
-        assert_eq!(sample_one(bands, 7, 1, 3), -1);
+        assert_eq!(sample_one(bands, 7, 1, 3), Ok(-1));
         assert!(sample(bands, 7, &[3], 0).is_err());
+        // A batch is each query's own draw, repeats included.
+        let batch = sample(bands, 7, &[2, 0, 2, 1, 0], 9).unwrap();
+        let one = |q| sample_one(bands, 7, q, 9).unwrap();
+        assert_eq!(batch, vec![one(2), one(0), one(2), -1, one(0)]);
     }
 
     #[test]
@@ -141,11 +160,19 @@ mod tests {
         let bands = CsrRef { indptr: &indptr, indices: &indices };
         let mut counts = [0u32; 10];
         for seed in 0..20_000u64 {
-            counts[sample_one(bands, seed, 0, 0) as usize] += 1;
+            counts[sample_one(bands, seed, 0, 0).unwrap() as usize] += 1;
         }
         // Chi-square with 9 degrees of freedom: 99.9% quantile is 27.9.
         let expected = 2000.0;
         let chi2: f64 = counts.iter().map(|&c| (f64::from(c) - expected).powi(2) / expected).sum();
         assert!(chi2 < 27.9, "{counts:?} chi2={chi2}");
+    }
+
+    #[test]
+    fn sampler_state_is_bounded_and_fallible() {
+        assert!(permuted(5, 1, 5).is_err());
+        // A position no map can hold is an error, not an abort.
+        let err = permuted(u64::MAX, 1, u64::MAX - 1).unwrap_err();
+        assert!(matches!(err, QureError::OutOfMemory { what: "sampler state", .. }), "{err}");
     }
 }

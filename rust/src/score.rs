@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::error::{QureError, Result};
-use crate::kernel::{dot_chain, pack_group, pack_panels, score_rows, Simd};
+use crate::error::{try_filled, try_reserve, QureError, Result};
+use crate::kernel::{dot_chain, pack_group, pack_panels, score_rows, Kernel, MAX_LANES};
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
 use crate::threads;
@@ -67,7 +67,7 @@ fn check_finite(data: &[f32], row_len: usize, what: &'static str) -> Result<()> 
 
 /// A validated scoring problem with the queries packed for the kernel.
 pub struct Scorer<'a> {
-    simd: Simd,
+    kernel: Kernel,
     packed: Vec<f32>,
     queries: Queries<'a>,
     gallery: Gallery<'a>,
@@ -93,11 +93,11 @@ pub struct Tile<'t> {
 impl<'a> Scorer<'a> {
     /// Checks shapes and finiteness and packs the queries.
     pub fn new(queries: Queries<'a>, gallery: Gallery<'a>) -> Result<Self> {
-        Scorer::with_simd(queries, gallery, Simd::current())
+        Scorer::with_kernel(queries, gallery, Kernel::current())
     }
 
     /// As [`Scorer::new`], with an explicit kernel (tests compare kernels).
-    pub fn with_simd(queries: Queries<'a>, gallery: Gallery<'a>, simd: Simd) -> Result<Self> {
+    pub fn with_kernel(queries: Queries<'a>, gallery: Gallery<'a>, kernel: Kernel) -> Result<Self> {
         if queries.dim != gallery.dim {
             return Err(QureError::invalid(format!(
                 "queries have {} features but the gallery has {}",
@@ -118,21 +118,22 @@ impl<'a> Scorer<'a> {
                 "galleries of more than 2^32 - 1 items are not supported",
             ));
         }
-        if queries.data.len() != queries.rows * queries.dim {
+        if queries.rows.checked_mul(queries.dim) != Some(queries.data.len()) {
             return Err(QureError::invalid("queries buffer does not match its shape"));
         }
-        if gallery.data.len() != gallery.items * gallery.tokens * gallery.dim {
+        let gallery_len = gallery.items.checked_mul(gallery.tokens);
+        if gallery_len.and_then(|n| n.checked_mul(gallery.dim)) != Some(gallery.data.len()) {
             return Err(QureError::invalid("gallery buffer does not match its shape"));
         }
         check_finite(queries.data, queries.dim, "queries")?;
         check_finite(gallery.data, gallery.tokens * gallery.dim, "gallery")?;
-        let packed = pack_panels(queries.data, queries.rows, queries.dim, simd.lanes());
-        Ok(Scorer { simd, packed, queries, gallery })
+        let packed = pack_panels(queries.data, queries.rows, queries.dim, kernel.lanes())?;
+        Ok(Scorer { kernel, packed, queries, gallery })
     }
 
     /// The kernel in use.
-    pub fn simd(&self) -> Simd {
-        self.simd
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Number of queries.
@@ -156,14 +157,16 @@ impl<'a> Scorer<'a> {
         items: Range<usize>,
         state: &mut S,
         consume: &(impl Fn(&mut S, &Tile<'_>) + Sync),
-    ) {
+    ) -> Result<()> {
         let (d, t) = (self.gallery.dim, self.gallery.tokens);
-        let (rows, lanes) = (self.simd.rows(), self.simd.lanes());
-        let per_block = self.items_per_block();
+        let (rows, lanes) = (self.kernel.rows(), self.kernel.lanes());
+        // Sized for the largest block this range has (a small gallery gets small buffers).
+        let per_block = self.items_per_block().min(items.len());
         let groups_per_block = (per_block * t).div_ceil(rows);
-        let mut tile = vec![f32::NEG_INFINITY; per_block * lanes];
+        let mut tile = try_filled("a score tile", &[per_block, lanes], f32::NEG_INFINITY)?;
         // The block's rows, packed group by group; each packed group is reused by every panel.
-        let mut packed_block = vec![0.0f32; groups_per_block * rows * d];
+        let mut packed_block =
+            try_filled("packed gallery rows", &[groups_per_block, rows, d], 0.0f32)?;
         for first_item in items.clone().step_by(per_block) {
             let n_items = per_block.min(items.end - first_item);
             let block = &self.gallery.data[first_item * t * d..(first_item + n_items) * t * d];
@@ -180,7 +183,7 @@ impl<'a> Scorer<'a> {
                 for (g, group) in packed_block.chunks_exact(rows * d).take(n_groups).enumerate() {
                     let first_row = g * rows;
                     let valid = rows.min(n_rows - first_row);
-                    score_rows(self.simd, d, group, queries, tile, first_row, t, valid);
+                    score_rows(self.kernel, d, group, queries, tile, first_row, t, valid);
                 }
                 let first_query = panel * lanes;
                 consume(
@@ -196,18 +199,20 @@ impl<'a> Scorer<'a> {
                 );
             }
         }
+        Ok(())
     }
 
-    /// Splits `queries` (a range of query rows aligned to panels) x all items into tasks, runs
-    /// them on qure's pool and returns each task's state in task order.
+    /// Splits the panels holding `queries` x all items into tasks, runs them on qure's pool and
+    /// returns each task's state in task order. A tile can hold queries outside `queries` (the
+    /// rest of their panels): consumers skip them.
     fn run<S: Send>(
         &self,
         queries: Range<usize>,
         task_queries: usize,
-        init: impl Fn(Range<usize>, Range<usize>) -> S + Sync,
+        init: impl Fn(Range<usize>, Range<usize>) -> Result<S> + Sync,
         consume: impl Fn(&mut S, &Tile<'_>) + Sync,
-    ) -> Vec<S> {
-        let lanes = self.simd.lanes();
+    ) -> Result<Vec<S>> {
+        let lanes = self.kernel.lanes();
         let panels = queries.start / lanes..queries.end.div_ceil(lanes);
         let panels_per_task = (task_queries / lanes).max(1);
         let query_tasks = panels.len().div_ceil(panels_per_task).max(1);
@@ -227,38 +232,51 @@ impl<'a> Scorer<'a> {
             tasks
                 .into_par_iter()
                 .map(|(p, i)| {
-                    let lanes = self.simd.lanes();
+                    let lanes = self.kernel.lanes();
                     let q = p.start * lanes..(p.end * lanes).min(self.queries.rows);
-                    let mut state = init(q, i.clone());
-                    self.stream(p, i, &mut state, &consume);
-                    state
+                    let mut state = init(q, i.clone())?;
+                    self.stream(p, i, &mut state, &consume)?;
+                    Ok(state)
                 })
                 .collect()
         })
     }
 
-    /// Scores of queries `rows` (a panel-aligned range) against the whole gallery, row-major.
-    pub fn score_rows(&self, rows: Range<usize>) -> Vec<f32> {
+    /// Scores of queries `rows` (any range inside `0..n_queries`) against the whole gallery,
+    /// row-major. The output is allocated fallibly ([`QureError::OutOfMemory`]).
+    pub fn score_rows(&self, rows: Range<usize>) -> Result<Vec<f32>> {
         let n = self.gallery.items;
-        let mut out = vec![0.0f32; rows.len() * n];
-        let first = rows.start;
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        if rows.start > rows.end || rows.end > self.queries.rows {
+            return Err(QureError::invalid(format!(
+                "query rows {}..{} are not inside the {} queries",
+                rows.start, rows.end, self.queries.rows
+            )));
+        }
+        let mut out = try_filled("scores", &[rows.len(), n], 0.0f32)?;
+        let out_ptr = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+        let (first, end) = (rows.start, rows.end);
         self.run(
             rows,
             TASK_QUERIES,
-            |_, _| (),
+            |_, _| Ok(()),
             |_, tile| {
-                for l in 0..tile.queries {
-                    let row = (tile.first_query + l - first) * n + tile.first_item;
-                    for i in 0..tile.items {
-                        // SAFETY: tasks cover disjoint (query, item) pairs, every index is inside
-                        // `out`, and `out` outlives `run`, which joins all tasks.
-                        unsafe { out_ptr.write(row + i, tile.scores[i * tile.lanes + l]) };
+                // Only the panel's queries inside `rows` are written (a panel can straddle it).
+                let lo = first.max(tile.first_query);
+                let hi = end.min(tile.first_query + tile.queries);
+                for query in lo..hi {
+                    let l = query - tile.first_query;
+                    // SAFETY: tasks cover disjoint (query, item) ranges, so no two slices
+                    // overlap; `slice` checks the range against `out`, which outlives `run`
+                    // (it joins every task before returning).
+                    let dst =
+                        unsafe { out_ptr.slice((query - first) * n + tile.first_item, tile.items) };
+                    for (i, v) in dst.iter_mut().enumerate() {
+                        *v = tile.scores[i * tile.lanes + l];
                     }
                 }
             },
-        );
-        out
+        )?;
+        Ok(out)
     }
 
     /// The score of query `q` against item `item`, computed by the same chain as every tile.
@@ -273,26 +291,41 @@ impl<'a> Scorer<'a> {
     }
 }
 
+/// The output of [`Scorer::score_rows`], written by several tasks at once.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
 // SAFETY: only used for disjoint writes from tasks joined before the buffer is read.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
-    unsafe fn write(&self, i: usize, v: f32) {
-        *self.0.add(i) = v;
+    /// `out[start .. start + len]`.
+    ///
+    /// # Safety
+    /// No other live slice may overlap the range, and the buffer must outlive the slice.
+    /// (The range itself is checked: an out-of-bounds request panics.)
+    unsafe fn slice<'o>(self, start: usize, len: usize) -> &'o mut [f32] {
+        assert!(
+            start.checked_add(len).is_some_and(|end| end <= self.len),
+            "score output range {start}+{len} outside {}",
+            self.len
+        );
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 }
 
 /// `(Q, N)` scores, row-major.
 pub fn score(queries: Queries<'_>, gallery: Gallery<'_>) -> Result<Vec<f32>> {
     let scorer = Scorer::new(queries, gallery)?;
-    Ok(scorer.score_rows(0..queries.rows))
+    scorer.score_rows(0..queries.rows)
 }
 
 /// Exact top-k: `(values, indices)`, each `(Q, k)` row-major, sorted by score descending with
 /// ties by ascending index. `exclude` (CSR per query) removes items; queries left with fewer
-/// than `k` items are padded with `(-inf, -1)`.
+/// than `k` items are padded with `(-inf, -1)`. An item scoring `-inf` (only features that
+/// overflow `f32` can score that) counts as no item: it is never returned.
 pub fn topk(
     queries: Queries<'_>,
     gallery: Gallery<'_>,
@@ -307,7 +340,9 @@ pub fn topk(
         )));
     }
     let q = queries.rows;
-    let mut excluded: Vec<Vec<i64>> = vec![Vec::new(); q];
+    let mut values = try_filled("top-k values", &[q, k], f32::NEG_INFINITY)?;
+    let mut indices = try_filled("top-k indices", &[q, k], -1i64)?;
+    let mut excluded: Vec<Vec<i64>> = try_filled("exclusion lists", &[q], Vec::new())?;
     if let Some(csr) = exclude {
         crate::mining::validate_csr(csr, q, n, "exclude")?;
         for (i, list) in excluded.iter_mut().enumerate() {
@@ -320,26 +355,34 @@ pub fn topk(
         TOPK_TASK_QUERIES,
         |rows, _| TopKState::new(rows, k),
         |state, tile| state.consume(tile, &excluded),
-    );
-    // Merge the chunks of each query block: every chunk kept its own exact top k.
-    let mut merged: Vec<Vec<u64>> = vec![Vec::new(); q];
-    for part in parts {
-        for (offset, heap) in part.heaps.into_iter().enumerate() {
-            merged[part.first + offset].extend(heap.keys);
+    )?;
+    // Merge the chunks of each query block (consecutive parts with the same first query): every
+    // chunk kept its own exact top k.
+    let mut keys: Vec<u64> = Vec::new();
+    let mut start = 0;
+    while start < parts.len() {
+        let first = parts[start].first;
+        let end = start + parts[start..].iter().take_while(|p| p.first == first).count();
+        let group = &parts[start..end];
+        for offset in 0..group[0].heaps.len() {
+            keys.clear();
+            let total: usize = group.iter().map(|p| p.heaps[offset].keys.len()).sum();
+            try_reserve(&mut keys, total, "top-k candidates", &[total])?;
+            for part in group {
+                keys.extend_from_slice(&part.heaps[offset].keys);
+            }
+            if keys.len() > k {
+                keys.select_nth_unstable(k - 1);
+                keys.truncate(k);
+            }
+            keys.sort_unstable();
+            let i = first + offset;
+            for (j, &key) in keys.iter().enumerate() {
+                values[i * k + j] = key_score(key);
+                indices[i * k + j] = i64::from(key_index(key));
+            }
         }
-    }
-    let mut values = vec![f32::NEG_INFINITY; q * k];
-    let mut indices = vec![-1i64; q * k];
-    for (i, mut keys) in merged.into_iter().enumerate() {
-        if keys.len() > k {
-            keys.select_nth_unstable(k - 1);
-            keys.truncate(k);
-        }
-        keys.sort_unstable();
-        for (j, &key) in keys.iter().enumerate() {
-            values[i * k + j] = key_score(key);
-            indices[i * k + j] = i64::from(key_index(key));
-        }
+        start = end;
     }
     Ok((values, indices))
 }
@@ -360,23 +403,24 @@ struct TopKState {
 }
 
 impl TopKState {
-    fn new(rows: Range<usize>, k: usize) -> Self {
-        let heaps = rows
-            .clone()
-            .map(|_| Heap {
-                keys: Vec::with_capacity(2 * k),
-                bound: u64::MAX,
-                bound_score: f32::NEG_INFINITY,
-            })
-            .collect();
-        TopKState { first: rows.start, k, heaps }
+    /// Room for `2k` candidates per query of `rows`, allocated fallibly.
+    fn new(rows: Range<usize>, k: usize) -> Result<Self> {
+        let shape = [rows.len(), k.saturating_mul(2)];
+        let mut heaps = Vec::new();
+        try_reserve(&mut heaps, rows.len(), "top-k candidates", &shape)?;
+        for _ in rows.clone() {
+            let mut keys = Vec::new();
+            try_reserve(&mut keys, shape[1], "top-k candidates", &shape)?;
+            heaps.push(Heap { keys, bound: u64::MAX, bound_score: f32::NEG_INFINITY });
+        }
+        Ok(TopKState { first: rows.start, k, heaps })
     }
 
     fn consume(&mut self, tile: &Tile<'_>, excluded: &[Vec<i64>]) {
         let k = self.k;
         let offset = tile.first_query - self.first;
         let heaps = &mut self.heaps[offset..offset + tile.queries];
-        let mut bounds = [f32::INFINITY; 64]; // lanes past the last query never hit
+        let mut bounds = [f32::INFINITY; MAX_LANES]; // lanes past the last query never hit
         let lanes = tile.lanes;
         for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
             *b = h.bound_score;
@@ -445,17 +489,17 @@ pub fn target_rank(
     let parts = scorer.run(
         0..q,
         TASK_QUERIES,
-        |rows, _| (rows.start, vec![0i64; rows.len()]),
+        |rows, _| Ok((rows.start, vec![0i64; rows.len()])),
         |(first, counts), tile| {
             // Row by row over the tile, all lanes at once (vectorisable).
             let lanes = tile.lanes;
-            let mut best = [f32::INFINITY; 64];
-            let mut target = [0usize; 64];
+            let mut best = [f32::INFINITY; MAX_LANES];
+            let mut target = [0usize; MAX_LANES];
             for l in 0..tile.queries {
                 best[l] = target_scores[tile.first_query + l];
                 target[l] = targets[tile.first_query + l] as usize;
             }
-            let mut above = [0u32; 64];
+            let mut above = [0u32; MAX_LANES];
             for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
                 let item = tile.first_item + i;
                 for (((count, &s), &b), &t) in above.iter_mut().zip(row).zip(&best).zip(&target) {
@@ -466,7 +510,7 @@ pub fn target_rank(
                 counts[tile.first_query + l - *first] += i64::from(above[l]);
             }
         },
-    );
+    )?;
     let mut ranks = vec![0i64; q];
     for (first, counts) in parts {
         for (offset, c) in counts.into_iter().enumerate() {
@@ -500,14 +544,16 @@ pub fn mine_from_features(
         return Err(QureError::invalid("block_size must be at least 1"));
     }
     let scorer = Scorer::new(queries, gallery)?;
-    let lanes = scorer.simd().lanes();
+    let lanes = scorer.kernel().lanes();
     let n = gallery.items;
-    let rows = block_rows.unwrap_or(MINE_BLOCK_BYTES / 4 / n).max(1).div_ceil(lanes) * lanes;
     let q = queries.rows;
-    let mut out = HardNegatives::with_capacity(q);
+    // At most all the queries (so a huge block_size cannot overflow), in whole panels.
+    let wanted = block_rows.unwrap_or(MINE_BLOCK_BYTES / 4 / n).clamp(1, q.max(1));
+    let rows = wanted.div_ceil(lanes) * lanes;
+    let mut out = HardNegatives::try_with_capacity(q)?;
     for first in (0..q).step_by(rows) {
         let last = (first + rows).min(q);
-        let block = scorer.score_rows(first..last);
+        let block = scorer.score_rows(first..last)?;
         threads::install(|| miner.mine_block(first, &block, &mut out))?;
         progress(last, q);
     }
@@ -557,15 +603,20 @@ mod tests {
             let q = random(&mut rng, rows * d);
             let g = random(&mut rng, items * t * d);
             let want = reference_scores(&q, &g, rows, items, t, d);
-            for simd in Simd::available() {
-                let scorer = Scorer::with_simd(
+            for kernel in Kernel::available() {
+                let scorer = Scorer::with_kernel(
                     Queries { data: &q, rows, dim: d },
                     Gallery { data: &g, items, tokens: t, dim: d },
-                    simd,
+                    kernel,
                 )
                 .unwrap();
-                let got = scorer.score_rows(0..rows);
-                assert_eq!(got, want, "{simd:?} {rows}x{items}x{t}x{d}");
+                let got = scorer.score_rows(0..rows).unwrap();
+                assert_eq!(got, want, "{kernel:?} {rows}x{items}x{t}x{d}");
+                // Any sub-range, aligned to the kernel's panels or not, is that slice of rows.
+                for (a, b) in [(0, rows.min(10)), (rows / 3, rows), (rows / 2, rows / 2)] {
+                    let part = scorer.score_rows(a..b).unwrap();
+                    assert_eq!(part, want[a * items..b * items], "{kernel:?} rows {a}..{b}");
+                }
             }
         }
     }
@@ -629,6 +680,62 @@ mod tests {
         assert_eq!(values, vec![2.0, f32::NEG_INFINITY]);
         assert!(topk(queries, gallery, 4, None).is_err());
         assert!(topk(queries, gallery, 0, None).is_err());
+    }
+
+    #[test]
+    fn any_row_range_is_written_inside_its_output_only() {
+        // 100 queries: no kernel's panel width divides 10 or 7..93, so panels straddle the range.
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (rows, items, d) = (100, 9, 3);
+        let q = random(&mut rng, rows * d);
+        let g = random(&mut rng, items * d);
+        let scorer = Scorer::new(
+            Queries { data: &q, rows, dim: d },
+            Gallery { data: &g, items, tokens: 1, dim: d },
+        )
+        .unwrap();
+        let full = scorer.score_rows(0..rows).unwrap();
+        assert_eq!(scorer.score_rows(0..10).unwrap(), full[..10 * items]);
+        assert_eq!(scorer.score_rows(7..93).unwrap(), full[7 * items..93 * items]);
+        assert!(scorer.score_rows(50..101).is_err());
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 60..50;
+        assert!(scorer.score_rows(backwards).is_err());
+    }
+
+    #[test]
+    fn scores_that_overflow_are_infinite_in_every_kernel() {
+        // 2e19 * 2e19 = 4e38 > f32::MAX; a fused step adds the exact product to an infinite
+        // sum, so the chain stays +-inf and never turns NaN.
+        let big = 2e19f32;
+        let rows = 40; // more than one panel of every kernel
+        let q: Vec<f32> = (0..rows).flat_map(|_| [big, big]).collect();
+        let queries = Queries { data: &q, rows, dim: 2 };
+        let g = [big, -big, -big, big, 0.5, 0.25];
+        let want = [f32::INFINITY, f32::NEG_INFINITY, dot_chain(&g[4..], &q[..2])];
+        for kernel in Kernel::available() {
+            let gallery = Gallery { data: &g, items: 3, tokens: 1, dim: 2 };
+            let got = Scorer::with_kernel(queries, gallery, kernel).unwrap().score_rows(0..rows);
+            for row in got.unwrap().chunks_exact(3) {
+                assert_eq!(row, want, "{kernel:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn outputs_too_large_to_allocate_are_errors_not_aborts() {
+        // 2^23 x 2^23 scores are 256 TiB: more than any address space holds.
+        let n = 1usize << 23;
+        let ones = vec![1.0f32; n];
+        let queries = Queries { data: &ones, rows: n, dim: 1 };
+        let gallery = Gallery { data: &ones, items: n, tokens: 1, dim: 1 };
+        let err = score(queries, gallery).unwrap_err();
+        assert_eq!(
+            err,
+            QureError::OutOfMemory { what: "scores", shape: vec![n, n], bytes: Some(4 * n * n) }
+        );
+        let err = topk(queries, gallery, n, None).unwrap_err();
+        assert!(matches!(err, QureError::OutOfMemory { what: "top-k values", .. }), "{err}");
     }
 
     #[test]
