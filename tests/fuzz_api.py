@@ -314,6 +314,18 @@ def _plain(x: Any) -> Any:
     return as_float32_matrix(x, "x", ndim=ndim)
 
 
+def _out(result: Any, queries: Any) -> Any:
+    """A retrieval result as NumPy, after checking its type: torch queries give torch tensors on
+    their device, anything else gives NumPy."""
+    import numpy as np
+
+    if hasattr(queries, "device") and type(queries).__module__.startswith("torch"):
+        _check(hasattr(result, "device") and result.device == queries.device, "torch in, out")
+        return result.cpu().numpy()
+    _check(isinstance(result, np.ndarray), "NumPy in, NumPy out")
+    return result
+
+
 def _gallery3(g: Any) -> Any:
     g = _plain(g)
     return g.reshape(g.shape[0], 1, g.shape[1]) if g.ndim == 2 else g
@@ -375,7 +387,7 @@ def run_score(p: dict[str, Any]) -> str:
     import qure
 
     queries, gallery = build(p["queries"]), build(p["gallery"])
-    got = qure.score(queries, gallery)
+    got = _out(qure.score(queries, gallery), queries)
     q, g = _plain(queries), _gallery3(gallery)
     _check(got.shape == (q.shape[0], g.shape[0]) and got.dtype == np.float32, "shape/dtype")
     if got.size and got.size * g.shape[1] * g.shape[2] <= 2_000_000:
@@ -398,7 +410,9 @@ def run_topk(p: dict[str, Any]) -> str:
     queries, gallery = build(p["queries"]), build(p["gallery"])
     rows = p["queries"].shape[0] if p["queries"].shape else 0
     exclude = build_ragged(p["exclude"], rows)
-    values, indices = qure.topk(queries, gallery, p["k"], exclude=exclude)
+    values, indices = (
+        _out(x, queries) for x in qure.topk(queries, gallery, p["k"], exclude=exclude)
+    )
     full = _score_matrix(queries, gallery)
     k = int(p["k"])
     for i in range(full.shape[0]):
@@ -429,7 +443,7 @@ def run_target_rank(p: dict[str, Any]) -> str:
     import qure
 
     queries, gallery, targets = build(p["queries"]), build(p["gallery"]), build(p["targets"])
-    ranks = qure.target_rank(queries, gallery, targets)
+    ranks = _out(qure.target_rank(queries, gallery, targets), queries)
     full = _score_matrix(queries, gallery)
     t = np.asarray(targets)
     for i in range(full.shape[0]):
