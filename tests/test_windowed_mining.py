@@ -250,6 +250,8 @@ def test_bad_positives():
         make_data(positives=[[1]] * 3)
     with pytest.raises(ValueError, match="positives"):
         make_data(positives=[[999]] * 30)
+    with pytest.raises(ValueError, match="no negative"):
+        make_data(positives=[np.arange(60)] * 30)
 
 
 def test_window_changes_bands_but_not_baselines():

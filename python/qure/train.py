@@ -114,6 +114,10 @@ class CIRTrainData:
             for i, p in enumerate(self.positives):
                 if p.size and (p.min() < 0 or p.max() >= g):
                     raise ValueError(f"positives[{i}] holds indices outside the gallery of {g}")
+                if np.setdiff1d(p, [self.target[i]]).size >= g - 1:
+                    raise ValueError(
+                        f"positives[{i}] covers the whole gallery: query {i} has no negative"
+                    )
 
     def __len__(self) -> int:
         return len(self.target)
