@@ -1,4 +1,8 @@
-"""Input conversion shared by qure's public functions.
+"""The one input conversion and validation layer of qure's public functions.
+
+Every public function checks its arguments here, so the same mistake gets the same exception and
+message everywhere: ``TypeError`` for the wrong kind of value, ``ValueError`` for a value out of
+range or of the wrong shape, each naming the argument.
 
 Everything the native core receives is a C-contiguous NumPy array of the exact dtype it expects.
 NumPy float32 input and CPU float32 torch tensors pass through without a copy; other float
@@ -7,19 +11,73 @@ dtypes (float16, float64, bfloat16) and CUDA tensors are converted.
 
 from __future__ import annotations
 
+import operator
 import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "COUNT_MAX",
     "as_float32_matrix",
-    "as_index_vector",
     "as_ids",
+    "as_index_vector",
+    "as_int_array",
     "as_ragged_indices",
+    "as_real_array",
+    "check_choice",
+    "check_int",
+    "csr_from_rows",
     "is_torch_tensor",
     "like_input",
+    "to_numpy",
 ]
+
+COUNT_MAX = 2**63 - 1
+"""Counts above this (thresholds, windows, block sizes) mean "more than any gallery holds"; the
+native core takes 64-bit sizes."""
+
+
+# --------------------------------------------------------------------------------------------
+# scalars
+
+
+def check_int(
+    value: Any,
+    name: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    clamp: bool = False,
+) -> int:
+    """``value`` as a Python int (``bool`` and floats refused with ``TypeError``), within
+    ``[minimum, maximum]`` (``ValueError`` outside). With ``clamp``, values above ``COUNT_MAX``
+    become ``COUNT_MAX`` instead (the same meaning: more than any gallery holds)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}")
+    if clamp:
+        number = min(number, COUNT_MAX)
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {number}")
+    return number
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` when it is one of ``choices`` (strings), else ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# arrays
 
 
 def is_torch_tensor(x: Any) -> bool:
@@ -35,6 +93,12 @@ def like_input(result: np.ndarray, source: Any) -> Any:
         return result
     torch = sys.modules["torch"]
     return torch.from_numpy(result).to(source.device)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array; torch tensors are detached and moved to the CPU first (bfloat16,
+    which NumPy lacks, becomes float32)."""
+    return _tensor_to_numpy(x, float32=False) if is_torch_tensor(x) else np.asarray(x)
 
 
 def _tensor_to_numpy(x: Any, float32: bool) -> np.ndarray:
@@ -66,21 +130,48 @@ def as_float32_matrix(x: Any, name: str, ndim: int = 2) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def as_index_vector(x: Any, name: str, length: int | None = None) -> np.ndarray:
-    """``x`` as a C-contiguous int64 vector; floats and booleans are refused."""
-    array = _tensor_to_numpy(x, float32=False) if is_torch_tensor(x) else np.asarray(x)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+def _check_ndim(array: np.ndarray, name: str, ndim: int) -> None:
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(array.shape)}")
+
+
+def as_int_array(x: Any, name: str, ndim: int = 1) -> np.ndarray:
+    """``x`` as a C-contiguous int64 array with ``ndim`` dimensions; floats and booleans are
+    refused (an empty float or object array, e.g. ``np.asarray([])``, is taken as empty)."""
+    array = to_numpy(x)
+    _check_ndim(array, name, ndim)
     if array.dtype.kind not in "iu":
-        if array.size == 0 and array.dtype.kind == "f":
-            array = array.astype(np.int64)
-        else:
-            raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+        if array.size == 0 and array.dtype.kind in "fO":
+            return np.zeros(array.shape, dtype=np.int64)
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds values too large for int64")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def as_index_vector(x: Any, name: str, length: int | None = None) -> np.ndarray:
+    """``x`` as a C-contiguous int64 vector (of ``length`` entries when given)."""
+    array = as_int_array(x, name, 1)
     if length is not None and array.shape[0] != length:
         raise ValueError(f"{name} has {array.shape[0]} entries, expected {length}")
-    return np.ascontiguousarray(array, dtype=np.int64)
+    return array
+
+
+def as_real_array(x: Any, name: str, ndim: int, *, nonnegative: bool = False) -> np.ndarray:
+    """``x`` as a finite float64 array with ``ndim`` dimensions (and ``>= 0`` if asked); the
+    error names the first offending row."""
+    array = to_numpy(x)
+    _check_ndim(array, name, ndim)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        row = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise ValueError(f"{name} holds NaN or infinite values (first in row {row})")
+    if nonnegative and (array < 0).any():
+        row = int(np.argwhere(array < 0)[0][0])
+        raise ValueError(f"{name} must be >= 0, found a negative value in row {row}")
+    return array
 
 
 def as_ids(x: Any, name: str, length: int) -> np.ndarray:
@@ -98,25 +189,43 @@ def as_ids(x: Any, name: str, length: int) -> np.ndarray:
     return np.ascontiguousarray(inverse.reshape(-1), dtype=np.int64)
 
 
-def as_ragged_indices(x: Any, name: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """A per-row list of integer lists as CSR ``(indptr, indices)`` (int64)."""
-    indptr_attr = getattr(x, "indptr", None)
-    if indptr_attr is not None and hasattr(x, "indices"):
-        indptr = as_index_vector(indptr_attr, f"{name}.indptr")
-        indices = as_index_vector(x.indices, f"{name}.indices")
+def csr_from_rows(rows: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(indptr, indices)`` (int64) of per-row integer arrays, in order."""
+    parts = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
+    sizes = np.array([p.size for p in parts], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    indices = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    return indptr, np.ascontiguousarray(indices)
+
+
+def as_ragged_indices(x: Any, name: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row integer lists as CSR ``(indptr, indices)`` (int64).
+
+    Takes anything with ``indptr`` and ``indices`` (:class:`qure.HardNegatives`, a SciPy CSR
+    matrix) or a sequence with one 1-D integer list per row; ``rows`` is the expected row count.
+    """
+    if hasattr(x, "indptr") and hasattr(x, "indices"):
+        indptr = as_int_array(x.indptr, f"{name}.indptr")
+        indices = as_int_array(x.indices, f"{name}.indices")
+        if indptr.size == 0:
+            raise ValueError(f"{name}.indptr must have at least one entry (Q + 1)")
+        if indptr[0] != 0 or indptr[-1] != indices.size or (np.diff(indptr) < 0).any():
+            raise ValueError(
+                f"{name}.indptr must start at 0, never decrease and end at len(indices)"
+            )
     else:
-        if isinstance(x, (str, bytes)) or not hasattr(x, "__len__"):
-            raise TypeError(f"{name} must be a sequence with one list of indices per query")
+        if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+            raise TypeError(
+                f"{name} must be a sequence with one list of indices per query, "
+                f"got {type(x).__name__}"
+            )
         parts = []
         for i, row in enumerate(x):
-            part = np.atleast_1d(np.asarray(row))
+            part = np.atleast_1d(to_numpy(row))
             if part.ndim != 1 or (part.size and part.dtype.kind not in "iu"):
                 raise TypeError(f"{name}[{i}] must be a list of integer gallery indices")
-            parts.append(part.astype(np.int64, copy=False))
-        sizes = np.array([p.size for p in parts], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        indices = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        indices = np.ascontiguousarray(indices, dtype=np.int64)
-    if indptr.shape[0] != rows + 1:
+            parts.append(as_int_array(part, f"{name}[{i}]"))
+        indptr, indices = csr_from_rows(parts)
+    if rows is not None and indptr.shape[0] != rows + 1:
         raise ValueError(f"{name} has {indptr.shape[0] - 1} rows but there are {rows} queries")
     return indptr, indices
