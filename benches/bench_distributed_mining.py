@@ -1,4 +1,4 @@
-"""Wall time of sharded mining (``qure.distributed.sharded_mine``) on 1 and 2 processes.
+"""Wall time of sharded mining (``qure.sharded.sharded_mine``) on 1 and 2 processes.
 
     python benches/bench_distributed_mining.py
     python benches/bench_distributed_mining.py --queries 4000 --gallery 8000 --tokens 32 \\
@@ -40,6 +40,7 @@ def worker(args: argparse.Namespace, out: str) -> None:
 
     import qure
     from qure import distributed as qdist
+    from qure.sharded import sharded_mine
 
     torch.set_num_threads(1)
     qure.set_num_threads(args.threads)
@@ -62,7 +63,7 @@ def worker(args: argparse.Namespace, out: str) -> None:
     world = qdist.world_size()
     for strategy in strategies(args):
         total, mined = timed(
-            qdist.sharded_mine, q_local, g_local, t_local, max_rank=args.max_rank, strategy=strategy
+            sharded_mine, q_local, g_local, t_local, max_rank=args.max_rank, strategy=strategy
         )
         times = {"total": total}
         if strategy == "gather":

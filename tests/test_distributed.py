@@ -22,11 +22,12 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
 import qure  # noqa: E402
-import qure.train as qtrain  # noqa: E402
+import qure.train.loop as qloop  # noqa: E402
 from qure import distributed as qdist  # noqa: E402
 from qure.checkpoint import load_checkpoint  # noqa: E402
 from qure.mining import HardNegatives  # noqa: E402
 from qure.models import TinyCIRModel  # noqa: E402
+from qure.sharded import sharded_mine  # noqa: E402
 from qure.train import CIRTrainData, TrainConfig, train  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -128,7 +129,7 @@ def _mining_worker(out: Path):
         kw = dict(kwargs)
         if "positives" in kw:
             kw["positives"] = [kw["positives"][i] for i in rows]
-        mined = qdist.sharded_mine(
+        mined = sharded_mine(
             q[rows.start : rows.stop], g[cols.start : cols.stop], t[rows.start : rows.stop], **kw
         )
         mined.save(out / f"mine_{name}_rank{r}.npz")
@@ -148,7 +149,7 @@ def _mining_worker(out: Path):
     bad = np.array([0, 1]) if r == 0 else np.array([2, 99])
     for name, kwargs in (("target", {}), ("target_max_rank", {"max_rank": 2})):
         try:  # one rank's bad target: every rank raises instead of waiting
-            qdist.sharded_mine(q[2 * r : 2 * r + 2], g[2 * r : 2 * r + 2], bad, **kwargs)
+            sharded_mine(q[2 * r : 2 * r + 2], g[2 * r : 2 * r + 2], bad, **kwargs)
         except ValueError as exc:
             errors[name] = str(exc)
     (out / f"errors_rank{r}.json").write_text(json.dumps(errors))
@@ -163,13 +164,13 @@ def _train_worker(out: Path):
     r = qdist.rank()
     torch.set_num_threads(1)
     saves = []
-    original = qtrain._save_atomic
+    original = qloop.save_checkpoint
 
     def counting_save(state, path):
         saves.append(int(state["epoch"]))
         original(state, path)
 
-    qtrain._save_atomic = counting_save
+    qloop.save_checkpoint = counting_save
     data = make_data()
     for method in METHODS:
         model = make_model()
@@ -359,18 +360,18 @@ def test_helpers_outside_a_process_group(monkeypatch):
     a = np.arange(6).reshape(3, 2)
     np.testing.assert_array_equal(qdist.all_gather_array(a), a)
     _, q, g, t, kwargs, _ = mining_cases()[0]
-    mined = qdist.sharded_mine(q, g, t)
+    mined = sharded_mine(q, g, t)
     assert qdist.gather_hard_negatives(mined) is mined
     assert mined == qure.mine_from_features(q, g, t)
     # The candidate merge also runs in one process (one shard), with the same result.
     for strategy in ("candidates", "gather", "auto"):
-        assert qdist.sharded_mine(q, g, t, max_rank=5, strategy=strategy) == (
+        assert sharded_mine(q, g, t, max_rank=5, strategy=strategy) == (
             qure.mine_from_features(q, g, t, max_rank=5)
         )
     with pytest.raises(ValueError, match="needs max_rank"):
-        qdist.sharded_mine(q, g, t, strategy="candidates")
+        sharded_mine(q, g, t, strategy="candidates")
     with pytest.raises(ValueError, match="strategy"):
-        qdist.sharded_mine(q, g, t, strategy="scatter")
+        sharded_mine(q, g, t, strategy="scatter")
     with pytest.raises(ValueError):
         qdist.all_gather_array(np.float32(1.0))
 
@@ -388,7 +389,7 @@ def test_qure_train_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "QURE_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={qdist._free_port()}",
+        "--master_addr=127.0.0.1", f"--master_port={qdist.free_port()}",
         "-m", "qure", "train", "--config", str(FIXTURES / "configs" / "fashioniq.json"),
         "--output", str(tmp_path), "--no-progress",
     ]  # fmt: skip

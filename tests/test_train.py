@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import qure.train as qtrain  # noqa: E402
+import qure.train.loop as qloop  # noqa: E402
 from qure.checkpoint import load_checkpoint  # noqa: E402
 from qure.models import TinyCIRModel  # noqa: E402
 from qure.sampling import NegativeSampler  # noqa: E402
@@ -207,13 +207,13 @@ def test_mining_period():
 def test_negatives_used_are_the_samplers_draws(data, monkeypatch, method):
     """Intercepts the images each batch loads: negatives come from the bands (or fall back)."""
     calls = []
-    original = qtrain._images
+    original = qloop.load_images
 
-    def spy(d, idx, device):
+    def spy(images, idx, device):
         calls.append(np.array(idx))
-        return original(d, idx, device)
+        return original(images, idx, device)
 
-    monkeypatch.setattr(qtrain, "_images", spy)
+    monkeypatch.setattr(qloop, "load_images", spy)
     per_epoch = []
 
     def close_epoch(model, epoch):

@@ -165,7 +165,7 @@ def test_tail_lengths_helper():
 
 
 def test_trainer_passes_the_window_to_the_miner(monkeypatch):
-    import qure.train as qtrain
+    import qure.train.negatives as qtrain
 
     seen = []
     real = qtrain.mine_from_features
@@ -193,7 +193,7 @@ def test_trainer_logs_band_location_at_every_remining(tmp_path):
 
 
 def test_trainer_warns_when_bands_are_degenerate(monkeypatch):
-    import qure.train as qtrain
+    import qure.train.negatives as qtrain
 
     def bottom_bands(*args, **kwargs):
         q = len(args[2])

@@ -1,7 +1,13 @@
 """qure: QuRe hard-negative mining and training for composed image retrieval.
 
-The heavy work (mining, and later scoring and top-k) runs in a parallel Rust core; this package
+The heavy work (scoring, top-k, mining and sampling) runs in a parallel Rust core; this package
 converts NumPy arrays and torch tensors for it and builds training and evaluation on top.
+
+Layers, each using only those above it: core operations (:func:`mine_negatives`,
+:func:`score`, :func:`topk`, :class:`NegativeSampler`; NumPy only) -> torch glue
+(:mod:`qure.torch` losses, :mod:`qure.distributed` collectives, :mod:`qure.sharded` mining) ->
+data and models (:mod:`qure.datasets`, :mod:`qure.models`) -> training and evaluation
+(:mod:`qure.train`, :mod:`qure.metrics`, :mod:`qure.experiments`, :mod:`qure.demo`) -> the CLI.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import os
 import warnings
 
 from . import _core
+from ._arrays import check_int
 from .mining import HardNegatives, mine_negatives
 from .retrieval import mine_from_features, score, simd_kernel, target_rank, topk
 from .sampling import NegativeSampler
@@ -39,13 +46,7 @@ __all__ = [
 def set_num_threads(n: int) -> None:
     """Sets how many threads qure's parallel work uses, from 1 to :data:`MAX_THREADS` (results
     never depend on it). Raises ``ValueError`` outside that range, before starting any thread."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"the number of threads must be an integer, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"the number of threads must be at least 1, got {n}")
-    if n > MAX_THREADS:
-        raise ValueError(f"the number of threads must be at most {MAX_THREADS}, got {n}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(check_int(n, "the number of threads", 1, MAX_THREADS))
 
 
 def get_num_threads() -> int:

@@ -29,6 +29,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "csr_from_rows",
+    "indptr_from_sizes",
     "is_torch_tensor",
     "like_input",
     "to_numpy",
@@ -189,11 +190,15 @@ def as_ids(x: Any, name: str, length: int) -> np.ndarray:
     return np.ascontiguousarray(inverse.reshape(-1), dtype=np.int64)
 
 
+def indptr_from_sizes(sizes: Any) -> np.ndarray:
+    """CSR row offsets (int64, ``len(sizes) + 1``) of rows with ``sizes`` entries."""
+    return np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))]).astype(np.int64)
+
+
 def csr_from_rows(rows: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """CSR ``(indptr, indices)`` (int64) of per-row integer arrays, in order."""
     parts = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
-    sizes = np.array([p.size for p in parts], dtype=np.int64)
-    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    indptr = indptr_from_sizes([p.size for p in parts])
     indices = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
     return indptr, np.ascontiguousarray(indices)
 

@@ -12,10 +12,12 @@ __all__ = [
     "get_num_threads",
     "mine_from_features",
     "mine_negatives",
+    "mine_tails",
     "sample_negatives",
     "score",
     "set_num_threads",
     "simd_kernel",
+    "tail_candidates",
     "target_rank",
     "topk",
 ]
@@ -23,6 +25,7 @@ __all__ = [
 def mine_negatives(
     scores: npt.NDArray[np.float32],
     target_idx: npt.NDArray[np.int64],
+    *,
     consecutive_threshold: int,
     pairing: str,
     max_rank: int | None = None,
@@ -41,6 +44,7 @@ def mine_from_features(
     queries: npt.NDArray[np.float32],
     gallery: npt.NDArray[np.float32],
     target_idx: npt.NDArray[np.int64],
+    *,
     consecutive_threshold: int,
     pairing: str,
     max_rank: int | None = None,
@@ -78,3 +82,33 @@ def sample_negatives(
     queries: npt.NDArray[np.int64],
     epoch: int,
 ) -> npt.NDArray[np.int64]: ...
+def tail_candidates(
+    queries: npt.NDArray[np.float32],
+    shard: npt.NDArray[np.float32],
+    *,
+    first_item: int,
+    n_gallery: int,
+    target_idx: npt.NDArray[np.int64],
+    target_scores: npt.NDArray[np.float32],
+    max_rank: int,
+    block_size: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def mine_tails(
+    above: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    target_idx: npt.NDArray[np.int64],
+    *,
+    n_gallery: int,
+    consecutive_threshold: int,
+    pairing: str,
+    max_rank: int | None = None,
+    positives_indptr: npt.NDArray[np.int64] | None = None,
+    positives_indices: npt.NDArray[np.int64] | None = None,
+    gallery_ids: npt.NDArray[np.int64] | None = None,
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]: ...

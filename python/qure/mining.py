@@ -13,9 +13,17 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
-from ._arrays import as_float32_matrix, as_ids, as_index_vector, as_ragged_indices
+from ._arrays import (
+    as_float32_matrix,
+    as_ids,
+    as_index_vector,
+    as_int_array,
+    as_ragged_indices,
+    check_choice,
+    check_int,
+)
 
-__all__ = ["HardNegatives", "mine_negatives", "tail_lengths"]
+__all__ = ["PAIRINGS", "HardNegatives", "MiningArguments", "mine_negatives", "tail_lengths"]
 
 BOTTOM_FRACTION = 0.1
 """A band that starts in the last ``BOTTOM_FRACTION`` of its tail sits "at the bottom"."""
@@ -28,9 +36,7 @@ MIN_WARN_TAIL = 100
 items is no sign of trouble."""
 
 Pairing = Literal["consecutive", "anchored"]
-_PAIRINGS = ("consecutive", "anchored")
-_COUNT_MAX = 2**63 - 1
-"""Counts above this (thresholds, windows, block sizes) mean "more than any gallery holds"."""
+PAIRINGS = ("consecutive", "anchored")
 _FIELDS = ("indptr", "indices", "target_rank", "drops")
 _OPTIONAL_FIELDS = ("tail_length",)
 
@@ -66,6 +72,29 @@ class HardNegatives:
             )
         if q and (self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0]):
             raise ValueError("inconsistent HardNegatives: indptr does not span indices")
+
+    @classmethod
+    def from_bands(
+        cls,
+        bands: Any,
+        *,
+        target_rank: Any = None,
+        drops: Any = None,
+        tail_length: Any = None,
+    ) -> HardNegatives:
+        """Bands given as one gallery-index list per query (or anything with ``indptr`` and
+        ``indices``), in CSR form. ``target_rank`` and ``drops`` default to -1 (unknown: bands
+        that no two-drop rule chose, e.g. top-k negatives); ``tail_length`` to unknown."""
+        indptr, indices = as_ragged_indices(bands, "bands")
+        q = indptr.shape[0] - 1
+        rank = np.full(q, -1, dtype=np.int64)
+        if target_rank is not None:
+            rank = as_index_vector(target_rank, "target_rank", length=q)
+        pair = np.full((q, 2), -1, dtype=np.int64)
+        if drops is not None:
+            pair = as_int_array(drops, "drops", ndim=2)
+        tails = None if tail_length is None else as_index_vector(tail_length, "tail_length", q)
+        return cls(indptr=indptr, indices=indices, target_rank=rank, drops=pair, tail_length=tails)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -303,17 +332,6 @@ def tail_lengths(target_rank: np.ndarray, n_gallery: int, max_rank: int | None) 
     return tails if max_rank is None else np.minimum(tails, max_rank)
 
 
-def _check_count(value: Any, name: str, minimum: int, *, clamp: bool = False) -> int:
-    """``value`` as an int of at least ``minimum``. With ``clamp``, values above ``_COUNT_MAX``
-    (more than any gallery holds, so the same meaning) become ``_COUNT_MAX``: the native core
-    takes 64-bit sizes."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return min(int(value), _COUNT_MAX) if clamp else int(value)
-
-
 @dataclass(frozen=True)
 class MiningArguments:
     """The rule's settings, checked and converted for the native core (shared by every entry
@@ -338,25 +356,36 @@ class MiningArguments:
         positives: Any = None,
         gallery_ids: Any = None,
     ) -> MiningArguments:
-        threshold = _check_count(consecutive_threshold, "consecutive_threshold", 0, clamp=True)
-        if not isinstance(pairing, str) or pairing not in _PAIRINGS:
-            raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
-        rank_limit = None if max_rank is None else _check_count(max_rank, "max_rank", 1, clamp=True)
+        threshold = check_int(consecutive_threshold, "consecutive_threshold", 0, clamp=True)
+        check_choice(pairing, "pairing", PAIRINGS)
+        rank_limit = None if max_rank is None else check_int(max_rank, "max_rank", 1, clamp=True)
         pos_indptr = pos_indices = None
         if positives is not None:
             pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
         ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
         return cls(threshold, pairing, rank_limit, pos_indptr, pos_indices, ids)
 
-    def native(self) -> tuple[Any, ...]:
-        """The positional arguments the native mining functions take after the targets."""
-        return (
-            self.consecutive_threshold,
-            self.pairing,
-            self.max_rank,
-            self.positives_indptr,
-            self.positives_indices,
-            self.gallery_ids,
+    def native(self) -> dict[str, Any]:
+        """The keyword arguments the native mining functions take."""
+        return {
+            "consecutive_threshold": self.consecutive_threshold,
+            "pairing": self.pairing,
+            "max_rank": self.max_rank,
+            "positives_indptr": self.positives_indptr,
+            "positives_indices": self.positives_indices,
+            "gallery_ids": self.gallery_ids,
+        }
+
+    def negatives(self, mined: tuple[np.ndarray, ...], n_gallery: int) -> HardNegatives:
+        """The native miners' ``(indptr, indices, target_rank, drops)`` as
+        :class:`HardNegatives`, with the tail lengths these settings imply."""
+        indptr, indices, target_rank, drops = mined
+        return HardNegatives(
+            indptr=indptr,
+            indices=indices,
+            target_rank=target_rank,
+            drops=drops,
+            tail_length=tail_lengths(target_rank, n_gallery, self.max_rank),
         )
 
 
@@ -406,11 +435,4 @@ def mine_negatives(
         positives=positives,
         gallery_ids=gallery_ids,
     )
-    indptr, indices, target_rank, drops = _core.mine_negatives(matrix, targets, *args.native())
-    return HardNegatives(
-        indptr=indptr,
-        indices=indices,
-        target_rank=target_rank,
-        drops=drops,
-        tail_length=tail_lengths(target_rank, n_gallery, args.max_rank),
-    )
+    return args.negatives(_core.mine_negatives(matrix, targets, **args.native()), n_gallery)

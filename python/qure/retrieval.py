@@ -17,10 +17,11 @@ from ._arrays import (
     as_float32_matrix,
     as_index_vector,
     as_ragged_indices,
+    check_int,
     is_torch_tensor,
     like_input,
 )
-from .mining import HardNegatives, MiningArguments, Pairing, _check_count, tail_lengths
+from .mining import HardNegatives, MiningArguments, Pairing
 
 __all__ = ["mine_from_features", "score", "simd_kernel", "target_rank", "topk"]
 
@@ -68,7 +69,7 @@ def topk(
     Queries left with fewer than ``k`` items are padded with ``(-inf, -1)``.
     """
     q, g = _features(queries, gallery)
-    k = _check_count(k, "k", 1)
+    k = check_int(k, "k", 1)
     if k > g.shape[0]:
         raise ValueError(f"k={k} exceeds the gallery size {g.shape[0]}")
     if exclude is None:
@@ -119,15 +120,9 @@ def mine_from_features(
         positives=positives,
         gallery_ids=gallery_ids,
     )
-    block = None if block_size is None else _check_count(block_size, "block_size", 1, clamp=True)
-    indptr, indices, ranks, drops = _core.mine_from_features(q, g, targets, *args.native(), block)
-    return HardNegatives(
-        indptr=indptr,
-        indices=indices,
-        target_rank=ranks,
-        drops=drops,
-        tail_length=tail_lengths(ranks, n_gallery, args.max_rank),
-    )
+    block = None if block_size is None else check_int(block_size, "block_size", 1, clamp=True)
+    mined = _core.mine_from_features(q, g, targets, **args.native(), block_size=block)
+    return args.negatives(mined, n_gallery)
 
 
 def simd_kernel() -> str:

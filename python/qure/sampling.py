@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import as_index_vector
+from ._arrays import as_index_vector, check_int
 from .mining import HardNegatives
 
 __all__ = ["NegativeSampler"]
@@ -25,12 +25,8 @@ class NegativeSampler:
     def __init__(self, negatives: HardNegatives, seed: int = 0) -> None:
         if not isinstance(negatives, HardNegatives):
             raise TypeError(f"negatives must be a HardNegatives, got {type(negatives).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-        if not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         self.negatives = negatives
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", 0, 2**64 - 1)
         self._indptr = np.ascontiguousarray(negatives.indptr, dtype=np.int64)
         self._indices = np.ascontiguousarray(negatives.indices, dtype=np.int64)
 
@@ -42,11 +38,8 @@ class NegativeSampler:
 
     def sample(self, query_idx: Any, epoch: int) -> np.ndarray:
         """One negative (gallery index, int64) per query in ``query_idx``; -1 for empty bands."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"epoch must be an integer, got {type(epoch).__name__}")
-        if not 0 <= epoch < 2**64:
-            raise ValueError(f"epoch must be in [0, 2**64), got {epoch}")
+        epoch = check_int(epoch, "epoch", 0, 2**64 - 1)
         scalar = np.ndim(query_idx) == 0
         queries = as_index_vector(np.atleast_1d(np.asarray(query_idx)), "query_idx")
-        drawn = _core.sample_negatives(self._indptr, self._indices, self.seed, queries, int(epoch))
+        drawn = _core.sample_negatives(self._indptr, self._indices, self.seed, queries, epoch)
         return drawn[0] if scalar else drawn

@@ -61,13 +61,27 @@ def reward_loss(
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
-def info_nce(scores: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+def info_nce(
+    scores: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """In-batch contrastive loss: ``scores[i, j]`` is query i against target j; the diagonal is
-    the positive and every other target in the batch a negative."""
+    the positive and every other target in the batch a negative.
+
+    ``labels`` ``(B,)`` (optional) gives each row's positive column instead of the diagonal:
+    ``scores`` may then be ``(B, M)``, e.g. a slice of a global batch against all its targets.
+    """
     tau = _temperature(temperature)
-    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-        raise ValueError(f"scores must be square (B, B), got {tuple(scores.shape)}")
-    labels = torch.arange(scores.shape[0], device=scores.device)
+    if labels is None:
+        if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
+            raise ValueError(f"scores must be square (B, B), got {tuple(scores.shape)}")
+        labels = torch.arange(scores.shape[0], device=scores.device)
+    elif scores.ndim != 2 or labels.shape != scores.shape[:1]:
+        raise ValueError(
+            f"scores must be (B, M) and labels (B,), got {tuple(scores.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
     return F.cross_entropy(scores / tau, labels)
 
 

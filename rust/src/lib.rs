@@ -9,6 +9,7 @@ pub mod keys;
 pub mod mining;
 pub mod sampler;
 pub mod score;
+pub mod shard;
 pub mod threads;
 
 #[cfg(feature = "python")]
@@ -17,3 +18,4 @@ mod python;
 pub use error::{QureError, Result};
 pub use mining::{mine_negatives, CsrRef, Exclusions, HardNegatives, MineOptions, Miner, Pairing};
 pub use score::{mine_from_features, score, target_rank, topk, Gallery, Queries, Scorer};
+pub use shard::{tail_candidates, TailCandidates};

@@ -254,6 +254,90 @@ impl<'a> Miner<'a> {
         out.append(&parts)
     }
 
+    /// Mines queries whose tails were gathered elsewhere (sharded mining): query `i` has
+    /// `above[i]` gallery items ranked above its target, and `items[i * width ..][..width]` with
+    /// `scores` alike hold candidates ranked after it (global gallery indices, any order, `-1`
+    /// for none), which must include its first `max_rank` tail items (all of its tail without a
+    /// window). The result is what [`mine_negatives`] gives on the whole score matrix: the rule
+    /// only ever looks at those items.
+    pub fn mine_tails(
+        &self,
+        above: &[i64],
+        items: &[i64],
+        scores: &[f32],
+        width: usize,
+    ) -> Result<HardNegatives> {
+        let q = self.n_queries();
+        if above.len() != q {
+            return Err(QureError::invalid(format!(
+                "above has {} entries but there are {q} queries",
+                above.len()
+            )));
+        }
+        if q.checked_mul(width) != Some(items.len()) || items.len() != scores.len() {
+            return Err(QureError::invalid(format!(
+                "candidates must be ({q}, {width}) items and scores, got {} and {} values",
+                items.len(),
+                scores.len()
+            )));
+        }
+        let n = self.n_gallery as i64;
+        if let Some((i, &a)) = above.iter().enumerate().find(|&(_, &a)| a < 0 || a >= n) {
+            return Err(QureError::invalid(format!(
+                "above[{i}] = {a} is out of range for a gallery of {n} items"
+            )));
+        }
+        if let Some((k, &g)) = items.iter().enumerate().find(|&(_, &g)| g < -1 || g >= n) {
+            return Err(QureError::invalid(format!(
+                "candidate item {g} of query {} is out of range for a gallery of {n} items",
+                k / width.max(1)
+            )));
+        }
+        let mut out = HardNegatives::try_with_capacity(q)?;
+        if q == 0 {
+            return Ok(out);
+        }
+        let rows: Vec<usize> = (0..q).collect();
+        let chunks: Vec<Result<HardNegatives>> = threads::install(|| {
+            rows.par_chunks(ROWS_PER_TASK)
+                .map_init(Scratch::default, |scratch, chunk| {
+                    let mut part = HardNegatives::try_with_capacity(chunk.len())?;
+                    for &query in chunk {
+                        let span = query * width..(query + 1) * width;
+                        let keys = &mut scratch.keys;
+                        keys.clear();
+                        try_reserve(keys, span.len(), "mining scratch", &[span.len()])?;
+                        for (&g, &v) in items[span.clone()].iter().zip(&scores[span.clone()]) {
+                            if g < 0 {
+                                continue;
+                            }
+                            if !v.is_finite() {
+                                return Err(QureError::NonFinite {
+                                    what: "scores",
+                                    row: query,
+                                    col: g as usize,
+                                });
+                            }
+                            keys.push(rank_key(v, g as u32));
+                        }
+                        scratch.band.clear();
+                        let drops = choose_in_tail(scratch, &self.options)?;
+                        let target = self.targets[query] as usize;
+                        self.exclude_into(query, target, &scratch.band, &mut part.indices)?;
+                        part.finish_row(above[query] as usize, drops);
+                    }
+                    Ok(part)
+                })
+                .collect()
+        });
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            parts.push(chunk?);
+        }
+        out.append(&parts)?;
+        Ok(out)
+    }
+
     /// Appends the band's gallery indices, minus positives and duplicate ids, to `out`.
     fn exclude_into(
         &self,
@@ -418,21 +502,27 @@ fn mine_row(
         return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
     }
     let target_rank = n - 1 - len;
+    keys.truncate(len);
+    Ok((target_rank, choose_in_tail(scratch, options)?))
+}
+
+/// Steps 2-4 of the rule on the tail's rank keys in `scratch.keys` (any order): keeps the first
+/// `max_rank` of them and chooses the band, whose keys are left in `scratch.band`.
+fn choose_in_tail(scratch: &mut Scratch, options: &MineOptions) -> Result<Option<(usize, usize)>> {
+    let keys = &mut scratch.keys;
     if let Some(m) = options.max_rank {
-        if m < len {
-            keys[..len].select_nth_unstable(m - 1);
-            len = m;
+        if m < keys.len() {
+            keys.select_nth_unstable(m - 1);
+            keys.truncate(m);
         }
     }
-    keys.truncate(len);
-    if len < 3 {
-        return Ok((target_rank, None));
+    if keys.len() < 3 {
+        return Ok(None);
     }
-    let drops = match choose_band_bucketed(scratch, options)? {
-        Some(pair) => Some(pair),
-        None => choose_band_sorted(scratch, options)?,
-    };
-    Ok((target_rank, drops))
+    match choose_band_bucketed(scratch, options)? {
+        Some(pair) => Ok(Some(pair)),
+        None => choose_band_sorted(scratch, options),
+    }
 }
 
 /// Sorts rank keys in linear expected time: buckets by score, then orders each small bucket.

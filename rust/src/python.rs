@@ -12,6 +12,7 @@ use crate::error::QureError;
 use crate::kernel::Kernel;
 use crate::mining::{self, CsrRef, Exclusions, HardNegatives, MineOptions, Pairing};
 use crate::score::{self as core_score, Gallery, Queries};
+use crate::shard;
 use crate::threads;
 
 fn to_py(err: QureError) -> PyErr {
@@ -39,7 +40,7 @@ type TopK<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
 /// Mines two-steep-drop bands; see `qure.mine_negatives` for the rule and arguments.
 #[pyfunction]
-#[pyo3(signature = (scores, target_idx, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None))]
+#[pyo3(signature = (scores, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None))]
 #[allow(clippy::too_many_arguments)]
 fn mine_negatives<'py>(
     py: Python<'py>,
@@ -174,7 +175,7 @@ fn target_rank<'py>(
 
 /// Scores query blocks and mines them as it goes.
 #[pyfunction]
-#[pyo3(signature = (queries, gallery, target_idx, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None))]
+#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None))]
 #[allow(clippy::too_many_arguments)]
 fn mine_from_features<'py>(
     py: Python<'py>,
@@ -207,6 +208,94 @@ fn mine_from_features<'py>(
                 block_size,
                 |_, _| {},
             )
+        })
+        .map_err(to_py)?;
+    mined_to_py(py, mined)
+}
+
+type Candidates<'py> =
+    (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
+/// Sharded mining, on one rank: per query, the shard's items above the target and its best
+/// `max_rank` items after it (see `qure.sharded`).
+#[pyfunction]
+#[pyo3(signature = (queries, shard, *, first_item, n_gallery, target_idx, target_scores, max_rank, block_size=None))]
+#[allow(clippy::too_many_arguments)]
+fn tail_candidates<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    shard: PyReadonlyArray3<'py, f32>,
+    first_item: usize,
+    n_gallery: usize,
+    target_idx: PyReadonlyArray1<'py, i64>,
+    target_scores: PyReadonlyArray1<'py, f32>,
+    max_rank: usize,
+    block_size: Option<usize>,
+) -> PyResult<Candidates<'py>> {
+    let (q, g) = features(&queries, &shard)?;
+    let targets = contiguous(&target_idx, "target_idx")?;
+    let target_scores = contiguous(&target_scores, "target_scores")?;
+    let found = py
+        .detach(|| {
+            shard::tail_candidates(
+                q,
+                g,
+                first_item,
+                n_gallery,
+                targets,
+                target_scores,
+                max_rank,
+                block_size,
+            )
+        })
+        .map_err(to_py)?;
+    let rows = found.above.len();
+    Ok((
+        found.above.into_pyarray(py),
+        found.items.into_pyarray(py).reshape([rows, found.width])?,
+        found.scores.into_pyarray(py).reshape([rows, found.width])?,
+    ))
+}
+
+/// Sharded mining, on the query's rank: mines the merged tails exactly as the whole row.
+#[pyfunction]
+#[pyo3(signature = (above, items, scores, target_idx, *, n_gallery, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None))]
+#[allow(clippy::too_many_arguments)]
+fn mine_tails<'py>(
+    py: Python<'py>,
+    above: PyReadonlyArray1<'py, i64>,
+    items: PyReadonlyArray2<'py, i64>,
+    scores: PyReadonlyArray2<'py, f32>,
+    target_idx: PyReadonlyArray1<'py, i64>,
+    n_gallery: usize,
+    consecutive_threshold: usize,
+    pairing: &str,
+    max_rank: Option<usize>,
+    positives_indptr: Option<PyReadonlyArray1<'py, i64>>,
+    positives_indices: Option<PyReadonlyArray1<'py, i64>>,
+    gallery_ids: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<MinedArrays<'py>> {
+    let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
+    if items.shape() != scores.shape() {
+        return Err(PyValueError::new_err(format!(
+            "items {:?} and scores {:?} must have the same shape",
+            items.shape(),
+            scores.shape()
+        )));
+    }
+    let width = items.shape()[1];
+    let above = contiguous(&above, "above")?;
+    let items = contiguous(&items, "items")?;
+    let scores = contiguous(&scores, "scores")?;
+    let targets = contiguous(&target_idx, "target_idx")?;
+    let exclusions = Exclusions {
+        positives: optional_csr(&positives_indptr, &positives_indices, "positives")?,
+        gallery_ids: optional_slice(&gallery_ids, "gallery_ids")?,
+    };
+    let mined = py
+        .detach(|| {
+            mining::Miner::new(n_gallery, targets, options, exclusions)?
+                .mine_tails(above, items, scores, width)
         })
         .map_err(to_py)?;
     mined_to_py(py, mined)
@@ -275,6 +364,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(sample_negatives, m)?)?;
     m.add_function(wrap_pyfunction!(fma_peak_gflops, m)?)?;
+    m.add_function(wrap_pyfunction!(tail_candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(mine_tails, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
