@@ -7,9 +7,15 @@ Run with ``pytest benches/``. ``QURE_BENCH_SCALE=small`` shrinks every problem (
 from __future__ import annotations
 
 import os
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
+
+# The plain-Python references the tests check qure against (the released code's loop among them)
+# are the anchors some benchmarks time: one implementation for both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 SMALL = os.environ.get("QURE_BENCH_SCALE", "full") == "small"
 THREADS = int(os.environ.get("QURE_BENCH_THREADS", "2"))

@@ -21,21 +21,22 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
+from conftest import make_cir_data, make_tiny_model  # noqa: E402
+
 import qure  # noqa: E402
 import qure.train.loop as qloop  # noqa: E402
 from qure import distributed as qdist  # noqa: E402
 from qure.checkpoint import load_checkpoint  # noqa: E402
 from qure.mining import HardNegatives  # noqa: E402
-from qure.models import TinyCIRModel  # noqa: E402
 from qure.sharded import sharded_mine  # noqa: E402
-from qure.train import CIRTrainData, TrainConfig, train  # noqa: E402
+from qure.train import TrainConfig, train  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
 )
 
 WORLD = 2
-VOCAB = 12
+make_model = make_tiny_model
 EPOCHS = 3
 METHODS = ("qure", "random", "contrastive", "topk")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,26 +46,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # shared inputs (built identically in the workers and here)
 
 
-def make_data(n_pool=60, n_queries=33, size=16, seed=0):
+def make_data():
     """33 queries in batches of 8: the last batch has 1 item, so one rank's slice is empty."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n_pool, size, size, 3), dtype=np.uint8)
-    target = rng.permutation(n_pool)[:n_queries]
-    reference = (target + rng.integers(1, n_pool, size=n_queries)) % n_pool
-    text = rng.integers(1, VOCAB, size=(n_queries, 5))
-    for i in range(n_queries):
-        text[i, rng.integers(1, 6) :] = 0
-    return CIRTrainData(
-        images=images,
-        reference=reference.astype(np.int64),
-        text=text.astype(np.int64),
-        target=target.astype(np.int64),
-    )
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return TinyCIRModel(VOCAB, dim=16, tokens=2, width=8)
+    return make_cir_data(n_pool=60, n_queries=33)
 
 
 def train_config(method, **kwargs):

@@ -450,13 +450,6 @@ def test_torch_exclusions():
 # threads and parity with the released code
 
 
-@pytest.fixture
-def restore_threads():
-    before = qure.get_num_threads()
-    yield
-    qure.set_num_threads(before)
-
-
 def test_thread_count_does_not_change_results(restore_threads):
     rng = np.random.default_rng(11)
     q, n = 300, 2000

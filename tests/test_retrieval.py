@@ -451,13 +451,6 @@ def test_exclude_cirr_reference():
 # 4. thread counts
 
 
-@pytest.fixture
-def restore_threads():
-    before = qure.get_num_threads()
-    yield
-    qure.set_num_threads(before)
-
-
 def test_thread_count_does_not_change_results(restore_threads):
     rng = np.random.default_rng(30)
     q, n, t, d = 70, 900, 4, 24

@@ -10,9 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import assert_same_state, make_cir_data, make_tiny_model  # noqa: E402
+
 import qure.train.loop as qloop  # noqa: E402
 from qure.checkpoint import load_checkpoint  # noqa: E402
-from qure.models import TinyCIRModel  # noqa: E402
 from qure.sampling import NegativeSampler  # noqa: E402
 from qure.train import (  # noqa: E402
     METHODS,
@@ -23,36 +24,12 @@ from qure.train import (  # noqa: E402
     train,
 )
 
-VOCAB = 12
+make_data = make_cir_data
+make_model = make_tiny_model
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def make_data(n_pool=80, n_queries=40, size=16, seed=0, unique_targets=True):
-    """Random images, references and 0-padded texts; distinct targets when ``unique_targets``."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n_pool, size, size, 3), dtype=np.uint8)
-    if unique_targets:
-        target = rng.permutation(n_pool)[:n_queries]
-    else:
-        target = rng.integers(0, n_pool, size=n_queries)
-    reference = (target + rng.integers(1, n_pool, size=n_queries)) % n_pool
-    text = rng.integers(1, VOCAB, size=(n_queries, 5))
-    for i in range(n_queries):
-        text[i, rng.integers(1, 6) :] = 0
-    return CIRTrainData(
-        images=images,
-        reference=reference.astype(np.int64),
-        text=text.astype(np.int64),
-        target=target.astype(np.int64),
-    )
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return TinyCIRModel(VOCAB, dim=16, tokens=2, width=8)
 
 
 def config(**kwargs):
@@ -63,13 +40,6 @@ def config(**kwargs):
 
 def without_seconds(history):
     return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
-
-
-def assert_same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for name in sa:
-        assert torch.equal(sa[name], sb[name]), name
 
 
 def assert_same_nested(a, b, path="state"):

@@ -15,26 +15,15 @@ from qure.mining import BOTTOM_FRACTION, SPAN_FRACTION, HardNegatives, tail_leng
 
 torch = pytest.importorskip("torch")
 
-from qure.models import TinyCIRModel  # noqa: E402
-from qure.train import CIRTrainData, TrainConfig, train  # noqa: E402
+from conftest import make_cir_data, make_tiny_model  # noqa: E402
 
-VOCAB = 12
+from qure.train import TrainConfig, train  # noqa: E402
 
-
-def make_data(n_pool=60, n_queries=30, size=16, seed=0, positives=None):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n_pool, size, size, 3), dtype=np.uint8)
-    target = rng.permutation(n_pool)[:n_queries].astype(np.int64)
-    reference = ((target + rng.integers(1, n_pool, size=n_queries)) % n_pool).astype(np.int64)
-    text = rng.integers(1, VOCAB, size=(n_queries, 4)).astype(np.int64)
-    return CIRTrainData(
-        images=images, reference=reference, text=text, target=target, positives=positives
-    )
+make_model = make_tiny_model
 
 
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return TinyCIRModel(VOCAB, dim=16, tokens=2, width=8)
+def make_data(positives=None):
+    return make_cir_data(n_pool=60, n_queries=30, positives=positives)
 
 
 def config(**kwargs):
