@@ -23,7 +23,17 @@ from ._arrays import (
     check_int,
 )
 
-__all__ = ["PAIRINGS", "HardNegatives", "MiningArguments", "mine_negatives", "tail_lengths"]
+__all__ = [
+    "FILTER_NAMES",
+    "PAIRINGS",
+    "RECORD_FORMATS",
+    "SAMPLINGS",
+    "STRATEGIES",
+    "HardNegatives",
+    "MiningArguments",
+    "mine_negatives",
+    "tail_lengths",
+]
 
 BOTTOM_FRACTION = 0.1
 """A band that starts in the last ``BOTTOM_FRACTION`` of its tail sits "at the bottom"."""
@@ -37,8 +47,22 @@ items is no sign of trouble."""
 
 Pairing = Literal["consecutive", "anchored"]
 PAIRINGS = ("consecutive", "anchored")
+Strategy = Literal["band", "topk", "window"]
+STRATEGIES = ("band", "topk", "window")
+"""Candidate sets: QuRe's two-drop band, a window from the top of the ranking, or after the
+target."""
+Sampling = Literal["top", "random", "simans"]
+SAMPLINGS = ("top", "random", "simans")
+"""How ``num_negatives`` survivors are chosen: the first ones, uniformly, or SimANS-weighted."""
+REFERENCES = ("target", "lowest_positive")
+FILTER_NAMES = ("excluded", "margin", "relative_margin", "max_score", "min_score")
+"""The steps that remove candidates, in order (``excluded``: known positives and duplicate ids)."""
+RECORD_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
+"""sentence-transformers' output formats (:meth:`HardNegatives.to_records`)."""
 _FIELDS = ("indptr", "indices", "target_rank", "drops")
-_OPTIONAL_FIELDS = ("tail_length",)
+_OPTIONAL_FIELDS = ("tail_length", "scores", "target_score", "removed")
+_FLOAT_FIELDS = ("scores", "target_score")
+_REMOVED_KEYS = ("candidates", *FILTER_NAMES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +75,11 @@ class HardNegatives:
     positions ``a + 1 ..= b``. ``tail_length[i]`` (when known; the miners fill it in) is how many
     items the rule looked at after the target: ``N - 1 - target_rank``, at most ``max_rank``.
     It locates the band within the tail (:meth:`diagnostics`) and is not part of ``==``.
+
+    The miners also keep ``scores`` (float32, aligned with ``indices``: each mined item's
+    score), ``target_score`` (each query's target score) and ``removed`` (how many candidates
+    were examined, ``"candidates"``, and how many each step removed: see ``FILTER_NAMES``);
+    :meth:`stats` summarises them. For candidate sets other than the band, ``drops`` is -1.
     """
 
     indptr: np.ndarray
@@ -58,6 +87,9 @@ class HardNegatives:
     target_rank: np.ndarray
     drops: np.ndarray
     tail_length: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    target_score: np.ndarray | None = None
+    removed: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         q = self.target_rank.shape[0]
@@ -72,6 +104,16 @@ class HardNegatives:
             )
         if q and (self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0]):
             raise ValueError("inconsistent HardNegatives: indptr does not span indices")
+        if self.scores is not None and self.scores.shape != self.indices.shape:
+            raise ValueError(
+                f"inconsistent HardNegatives: scores {self.scores.shape} for indices "
+                f"{self.indices.shape}"
+            )
+        if self.target_score is not None and self.target_score.shape != (q,):
+            raise ValueError(
+                f"inconsistent HardNegatives: target_score {self.target_score.shape} for {q} "
+                "queries"
+            )
 
     @classmethod
     def from_bands(
@@ -208,8 +250,13 @@ class HardNegatives:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the bands to a ``.npz`` file."""
-        extra = {} if self.tail_length is None else {"tail_length": self.tail_length}
+        """Writes the bands (and what else is known of them) to a ``.npz`` file."""
+        extra: dict[str, np.ndarray] = {}
+        for name in ("tail_length", "scores", "target_score"):
+            if getattr(self, name) is not None:
+                extra[name] = getattr(self, name)
+        if self.removed is not None:
+            extra["removed"] = np.array([self.removed[k] for k in _REMOVED_KEYS], dtype=np.int64)
         np.savez(
             path,
             indptr=self.indptr,
@@ -236,7 +283,15 @@ class HardNegatives:
             missing = [f for f in _FIELDS if f not in arrays]
             if missing:
                 raise ValueError(f"it is not a HardNegatives file (missing {missing})")
-            columns = {f: _as_int64(arrays[f], f) for f in arrays}
+            columns: dict[str, Any] = {
+                f: (_as_float32(arrays[f], f) if f in _FLOAT_FIELDS else _as_int64(arrays[f], f))
+                for f in arrays
+            }
+            removed = columns.pop("removed", None)
+            if removed is not None:
+                if removed.shape != (len(_REMOVED_KEYS),) or (removed < 0).any():
+                    raise ValueError(f"removed must hold {len(_REMOVED_KEYS)} counts >= 0")
+                columns["removed"] = dict(zip(_REMOVED_KEYS, removed.tolist()))
             _check_bands(columns)
             return cls(**columns)
         except (
@@ -281,7 +336,10 @@ def _read_npy(member: Any, size: int, key: str) -> np.ndarray:
         raise ValueError(f"array {key!r} has an unsupported .npy format version {version}")
     if dtype.hasobject:
         raise ValueError(f"array {key!r} holds Python objects (refused: it would need unpickling)")
-    if dtype.kind not in "iu":
+    if key in _FLOAT_FIELDS:
+        if dtype.kind != "f":
+            raise ValueError(f"array {key!r} must hold floats, got dtype {dtype}")
+    elif dtype.kind not in "iu":
         raise ValueError(f"array {key!r} must hold integers, got dtype {dtype}")
     nbytes = math.prod(shape) * dtype.itemsize
     held = size - member.tell()
@@ -294,6 +352,12 @@ def _read_npy(member: Any, size: int, key: str) -> np.ndarray:
     if len(data) != nbytes:
         raise ValueError(f"array {key!r} is truncated ({len(data)} of {nbytes} bytes)")
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _as_float32(array: np.ndarray, key: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise ValueError(f"array {key!r} holds NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _as_int64(array: np.ndarray, key: str) -> np.ndarray:
@@ -319,6 +383,11 @@ def _check_bands(columns: dict[str, np.ndarray]) -> None:
     tail = columns.get("tail_length")
     if tail is not None and tail.shape != (q,):
         raise ValueError(f"tail_length has shape {tail.shape}, expected ({q},)")
+    scores, target_score = columns.get("scores"), columns.get("target_score")
+    if scores is not None and scores.shape != indices.shape:
+        raise ValueError(f"scores has shape {scores.shape}, expected {indices.shape}")
+    if target_score is not None and target_score.shape != (q,):
+        raise ValueError(f"target_score has shape {target_score.shape}, expected ({q},)")
     if indptr[0] != 0 or indptr[-1] != indices.shape[0] or (np.diff(indptr) < 0).any():
         raise ValueError("indptr does not run from 0 to len(indices) without going backwards")
     if indices.size and int(indices.min()) < 0:
@@ -332,9 +401,20 @@ def tail_lengths(target_rank: np.ndarray, n_gallery: int, max_rank: int | None) 
     return tails if max_rank is None else np.minimum(tails, max_rank)
 
 
+def _optional_real(value: Any, name: str) -> float | None:
+    """``value`` as a finite float, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class MiningArguments:
-    """The rule's settings, checked and converted for the native core (shared by every entry
+    """A miner's settings, checked and converted for the native core (shared by every entry
     point that mines: scores, features, sharded)."""
 
     consecutive_threshold: int
@@ -343,6 +423,17 @@ class MiningArguments:
     positives_indptr: np.ndarray | None
     positives_indices: np.ndarray | None
     gallery_ids: np.ndarray | None
+    strategy: str = "band"
+    rank_range: tuple[int, int | None] = (0, None)
+    margin: float | None = None
+    relative_margin: float | None = None
+    max_score: float | None = None
+    min_score: float | None = None
+    reference: str = "target"
+    num_negatives: int | None = None
+    sampling: str = "top"
+    simans: tuple[float, float] = (1.0, 0.0)
+    seed: int = 0
 
     @classmethod
     def check(
@@ -355,6 +446,17 @@ class MiningArguments:
         max_rank: Any = None,
         positives: Any = None,
         gallery_ids: Any = None,
+        strategy: Any = "band",
+        rank_range: Any = None,
+        margin: Any = None,
+        relative_margin: Any = None,
+        max_score: Any = None,
+        min_score: Any = None,
+        reference: Any = "target",
+        num_negatives: Any = None,
+        sampling: Any = "top",
+        simans: Any = (1.0, 0.0),
+        seed: Any = 0,
     ) -> MiningArguments:
         threshold = check_int(consecutive_threshold, "consecutive_threshold", 0, clamp=True)
         check_choice(pairing, "pairing", PAIRINGS)
@@ -363,7 +465,50 @@ class MiningArguments:
         if positives is not None:
             pos_indptr, pos_indices = as_ragged_indices(positives, "positives", n_queries)
         ids = None if gallery_ids is None else as_ids(gallery_ids, "gallery_ids", n_gallery)
-        return cls(threshold, pairing, rank_limit, pos_indptr, pos_indices, ids)
+        check_choice(strategy, "strategy", STRATEGIES)
+        if strategy == "topk" and rank_limit is not None:
+            raise ValueError(
+                "max_rank bounds the tail after the target (band and window); a top-k window "
+                "is rank_range=(start, end)"
+            )
+        window: tuple[int, int | None] = (0, None)
+        if rank_range is not None:
+            if strategy == "band":
+                raise ValueError("rank_range needs strategy='topk' or 'window'")
+            if not isinstance(rank_range, (tuple, list)) or len(rank_range) != 2:
+                raise TypeError(f"rank_range must be a (start, end) pair, got {rank_range!r}")
+            start = check_int(rank_range[0], "rank_range start", 0, clamp=True)
+            end = None
+            if rank_range[1] is not None:
+                end = check_int(rank_range[1], "rank_range end", start + 1, clamp=True)
+            window = (start, end)
+        check_choice(reference, "reference", REFERENCES)
+        k = None if num_negatives is None else check_int(num_negatives, "num_negatives", 1)
+        check_choice(sampling, "sampling", SAMPLINGS)
+        if not isinstance(simans, (tuple, list)) or len(simans) != 2:
+            raise TypeError(f"simans must be an (a, b) pair, got {simans!r}")
+        a, b = _optional_real(simans[0], "simans a"), _optional_real(simans[1], "simans b")
+        if a is None or b is None or not a > 0:
+            raise ValueError(f"simans must be (a, b) with a > 0, got {simans!r}")
+        return cls(
+            threshold,
+            pairing,
+            rank_limit,
+            pos_indptr,
+            pos_indices,
+            ids,
+            strategy=strategy,
+            rank_range=window,
+            margin=_optional_real(margin, "margin"),
+            relative_margin=_optional_real(relative_margin, "relative_margin"),
+            max_score=_optional_real(max_score, "max_score"),
+            min_score=_optional_real(min_score, "min_score"),
+            reference=reference,
+            num_negatives=k,
+            sampling=sampling,
+            simans=(a, b),
+            seed=check_int(seed, "seed", 0, 2**64 - 1),
+        )
 
     def native(self) -> dict[str, Any]:
         """The keyword arguments the native mining functions take."""
@@ -374,19 +519,63 @@ class MiningArguments:
             "positives_indptr": self.positives_indptr,
             "positives_indices": self.positives_indices,
             "gallery_ids": self.gallery_ids,
+            "strategy": self.strategy,
+            "rank_start": self.rank_range[0],
+            "rank_end": self.rank_range[1],
+            "margin": self.margin,
+            "relative_margin": self.relative_margin,
+            "max_score": self.max_score,
+            "min_score": self.min_score,
+            "reference": self.reference,
+            "num_negatives": self.num_negatives,
+            "sampling": self.sampling,
+            "simans_a": self.simans[0],
+            "simans_b": self.simans[1],
+            "seed": self.seed,
         }
 
-    def negatives(self, mined: tuple[np.ndarray, ...], n_gallery: int) -> HardNegatives:
-        """The native miners' ``(indptr, indices, target_rank, drops)`` as
-        :class:`HardNegatives`, with the tail lengths these settings imply."""
-        indptr, indices, target_rank, drops = mined
+    def negatives(self, mined: tuple[Any, ...], n_gallery: int) -> HardNegatives:
+        """The native miners' output as :class:`HardNegatives`, with the tail lengths these
+        settings imply (for candidate sets counted after the target)."""
+        indptr, indices, target_rank, drops, scores, target_score, removed = mined
+        tails = None
+        if self.strategy != "topk":
+            tails = tail_lengths(target_rank, n_gallery, self.max_rank)
         return HardNegatives(
             indptr=indptr,
             indices=indices,
             target_rank=target_rank,
             drops=drops,
-            tail_length=tail_lengths(target_rank, n_gallery, self.max_rank),
+            tail_length=tails,
+            scores=scores,
+            target_score=target_score,
+            removed={k: int(removed[k]) for k in _REMOVED_KEYS},
         )
+
+
+STRATEGY_DOC = """
+        strategy: the candidate set. ``"band"`` (default): QuRe's band between the two
+            steepest drops after the target (the arguments above). ``"topk"``: the ranking
+            without the target, positions ``rank_range`` (default all: with ``num_negatives``
+            the first survivors, as sentence-transformers' ``range_min``/``range_max`` and
+            NV-Retriever's top-k). ``"window"``: tail positions ``rank_range`` after the target.
+        rank_range: ``(start, end)`` positions for ``"topk"`` and ``"window"`` (``end`` None: to
+            the end).
+        margin: removes candidates with ``s + margin > r`` (sentence-transformers'
+            ``absolute_margin``), ``r`` the reference score.
+        relative_margin: removes ``s > r - |r| * relative_margin`` (sign-safe; NV-Retriever's
+            TopK-PercPos with ``perc = 1 - relative_margin``: 0.05 for its best, perc 0.95).
+        max_score, min_score: remove ``s > max_score`` and ``s < min_score``.
+        reference: ``"target"`` (the target's score) or ``"lowest_positive"`` (the lowest of
+            the target's and the known positives', as sentence-transformers with several).
+        num_negatives: keep at most this many survivors per query (None: all).
+        sampling: which ones: ``"top"`` (the first, by rank), ``"random"`` (uniformly) or
+            ``"simans"`` (weights ``exp(-a (s - r - b)^2)``, SimANS, arXiv 2210.11773); the
+            kept items stay in rank order. Random choices are a pure function of ``seed`` and
+            the query.
+        simans: SimANS's ``(a, b)``.
+        seed: seeds ``"random"`` and ``"simans"``.
+"""
 
 
 def mine_negatives(
@@ -398,8 +587,20 @@ def mine_negatives(
     max_rank: int | None = None,
     positives: Any = None,
     gallery_ids: Any = None,
+    strategy: Strategy = "band",
+    rank_range: tuple[int, int | None] | None = None,
+    margin: float | None = None,
+    relative_margin: float | None = None,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    reference: Literal["target", "lowest_positive"] = "target",
+    num_negatives: int | None = None,
+    sampling: Sampling = "top",
+    simans: tuple[float, float] = (1.0, 0.0),
+    seed: int = 0,
 ) -> HardNegatives:
-    """Mines each query's hard-negative band between the two steepest score drops.
+    """Mines each query's hard negatives: by default the band between the two steepest score
+    drops after the target (QuRe); the other published miners with ``strategy`` and filters.
 
     Args:
         scores: ``(Q, N)`` scores (NumPy or torch; float32 is read without a copy).
@@ -412,12 +613,12 @@ def mine_negatives(
             target. ``None`` is the released code's whole-tail rule; on smooth score curves its
             steepest drops tend to sit at the bottom of the ranking (see
             :meth:`HardNegatives.diagnostics`), and a window keeps the band near the target.
-        positives: per query, other known positives (gallery indices) to drop from the band.
+        positives: per query, other known positives (gallery indices), never mined.
         gallery_ids: ``(N,)`` id per gallery item (ints or names); items sharing the target's or a
-            positive's id are dropped, and each id is kept once.
-
+            positive's id are dropped, and each id is kept once.{STRATEGY_DOC}
     Returns:
-        HardNegatives: the bands (empty where no pair of drops qualifies), target ranks and drops.
+        HardNegatives: the mined items per query (best-ranked first; empty where nothing
+        qualifies) with their scores, target ranks and scores, drops, and filter counts.
     """
     matrix = as_float32_matrix(scores, "scores")
     n_queries, n_gallery = matrix.shape
@@ -434,5 +635,20 @@ def mine_negatives(
         max_rank=max_rank,
         positives=positives,
         gallery_ids=gallery_ids,
+        strategy=strategy,
+        rank_range=rank_range,
+        margin=margin,
+        relative_margin=relative_margin,
+        max_score=max_score,
+        min_score=min_score,
+        reference=reference,
+        num_negatives=num_negatives,
+        sampling=sampling,
+        simans=simans,
+        seed=seed,
     )
     return args.negatives(_core.mine_negatives(matrix, targets, **args.native()), n_gallery)
+
+
+if mine_negatives.__doc__:
+    mine_negatives.__doc__ = mine_negatives.__doc__.replace("{STRATEGY_DOC}", STRATEGY_DOC)

@@ -8,7 +8,7 @@ top-k and ranks never hold ``Q x N`` scores.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from ._arrays import (
     is_torch_tensor,
     like_input,
 )
-from .mining import HardNegatives, MiningArguments, Pairing
+from .mining import HardNegatives, MiningArguments, Pairing, Sampling, Strategy
 
 __all__ = ["mine_from_features", "score", "simd_kernel", "target_rank", "topk"]
 
@@ -101,6 +101,17 @@ def mine_from_features(
     positives: Any = None,
     gallery_ids: Any = None,
     block_size: int | None = None,
+    strategy: Strategy = "band",
+    rank_range: tuple[int, int | None] | None = None,
+    margin: float | None = None,
+    relative_margin: float | None = None,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    reference: Literal["target", "lowest_positive"] = "target",
+    num_negatives: int | None = None,
+    sampling: Sampling = "top",
+    simans: tuple[float, float] = (1.0, 0.0),
+    seed: int = 0,
 ) -> HardNegatives:
     """``mine_negatives(score(queries, gallery), target_idx, ...)`` without the score matrix.
 
@@ -119,6 +130,17 @@ def mine_from_features(
         max_rank=max_rank,
         positives=positives,
         gallery_ids=gallery_ids,
+        strategy=strategy,
+        rank_range=rank_range,
+        margin=margin,
+        relative_margin=relative_margin,
+        max_score=max_score,
+        min_score=min_score,
+        reference=reference,
+        num_negatives=num_negatives,
+        sampling=sampling,
+        simans=simans,
+        seed=seed,
     )
     block = None if block_size is None else check_int(block_size, "block_size", 1, clamp=True)
     mined = _core.mine_from_features(q, g, targets, **args.native(), block_size=block)

@@ -45,6 +45,7 @@ def sharded_mine(
     gallery_ids: Any = None,
     block_size: int | None = None,
     strategy: Strategy = "auto",
+    **selection: Any,
 ) -> HardNegatives:
     """:func:`qure.mine_from_features` with queries and gallery split over the ranks.
 
@@ -60,7 +61,9 @@ def sharded_mine(
     (the default with ``max_rank=M`` on several ranks) gathers only the query features and
     exchanges ``Q * (2M + 1)`` numbers: work and gallery memory both divide by the number of
     ranks. Bad input on any rank raises ``ValueError`` on all of them rather than leaving the
-    others waiting.
+    others waiting. ``selection``: the candidate-set, filter and selection keywords of
+    :func:`qure.mine_negatives` (``strategy`` there is ``miner`` here, as ``strategy`` names the
+    sharding; ``"candidates"`` supports the band and windows after the target).
     """
     check_choice(strategy, "strategy", STRATEGIES)
     if strategy == "candidates" and max_rank is None:
@@ -85,9 +88,19 @@ def sharded_mine(
         "positives": positives,
         "gallery_ids": gallery_ids,
     }
+    if "miner" in selection:
+        selection["strategy"] = selection.pop("miner")
+    options.update(selection)
     candidates = strategy == "candidates" or (
         strategy == "auto" and max_rank is not None and qdist.is_distributed()
     )
+    if candidates and (
+        options.get("strategy", "band") == "topk" or options.get("reference", "target") != "target"
+    ):
+        raise ValueError(
+            "strategy='candidates' mines tails after the target against the target's score: "
+            "use strategy='gather' for top-k candidates or reference='lowest_positive'"
+        )
     if candidates:
         mined = _mine_from_candidates(queries, local_gallery, target_idx, block_size, options)
         return qdist.gather_hard_negatives(mined)
@@ -193,6 +206,7 @@ def _mine_from_candidates(
     return args.negatives(
         _core.mine_tails(
             np.ascontiguousarray(merged_above),
+            target_scores[int(sum(q_sizes[:me])) :][: len(t_local)],
             np.ascontiguousarray(merged_items),
             np.ascontiguousarray(merged_scores),
             t_local,

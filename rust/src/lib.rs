@@ -10,6 +10,7 @@ pub mod mining;
 pub mod sampler;
 pub mod score;
 pub mod shard;
+pub mod strategy;
 pub mod threads;
 
 #[cfg(feature = "python")]
@@ -19,3 +20,4 @@ pub use error::{QureError, Result};
 pub use mining::{mine_negatives, CsrRef, Exclusions, HardNegatives, MineOptions, Miner, Pairing};
 pub use score::{mine_from_features, score, target_rank, topk, Gallery, Queries, Scorer};
 pub use shard::{tail_candidates, TailCandidates};
+pub use strategy::{Candidates, Filters, Pick, Reference, Removed, Spec};

@@ -25,6 +25,9 @@ use rayon::prelude::*;
 
 use crate::error::{out_of_memory, try_refill, try_reserve, QureError, Result};
 use crate::keys::{drop_key, f32_to_ordered, key_index, key_score, rank_key};
+use crate::strategy::{
+    filtered, pick_key, simans_key, unit, Candidates, Pick, Reference, Removed, Spec,
+};
 use crate::threads;
 
 /// How the two steep drops are paired.
@@ -81,7 +84,7 @@ pub struct Exclusions<'a> {
 }
 
 /// Mined bands for a set of queries, in CSR form.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct HardNegatives {
     /// `(Q + 1,)` offsets into `indices`.
     pub indptr: Vec<i64>,
@@ -89,8 +92,15 @@ pub struct HardNegatives {
     pub indices: Vec<i64>,
     /// 0-based rank of each query's target.
     pub target_rank: Vec<i64>,
-    /// Tail positions `(a, b)` of the chosen drops, `(-1, -1)` when none qualified.
+    /// Tail positions `(a, b)` of the chosen drops, `(-1, -1)` when none qualified (and for
+    /// candidate sets other than the band).
     pub drops: Vec<[i64; 2]>,
+    /// The score of every item of `indices`, as ranked (`-0.0` reads as `0.0`).
+    pub scores: Vec<f32>,
+    /// Each query's target score.
+    pub target_score: Vec<f32>,
+    /// How many candidates were examined and removed, over all queries.
+    pub removed: Removed,
 }
 
 impl HardNegatives {
@@ -119,13 +129,15 @@ impl HardNegatives {
     fn reserve_rows(&mut self, queries: usize) -> Result<()> {
         try_reserve(&mut self.indptr, queries, "band offsets", &[queries.saturating_add(1)])?;
         try_reserve(&mut self.target_rank, queries, "target ranks", &[queries])?;
+        try_reserve(&mut self.target_score, queries, "target scores", &[queries])?;
         try_reserve(&mut self.drops, queries, "drop positions", &[queries, 2])
     }
 
-    /// Closes the current row, whose band was already pushed onto `indices`.
-    fn finish_row(&mut self, target_rank: usize, drops: Option<(usize, usize)>) {
+    /// Closes the current row, whose band was already pushed onto `indices` and `scores`.
+    fn finish_row(&mut self, target_rank: usize, target_score: f32, drops: Option<(usize, usize)>) {
         self.indptr.push(self.indices.len() as i64);
         self.target_rank.push(target_rank as i64);
+        self.target_score.push(target_score);
         self.drops.push(match drops {
             Some((a, b)) => [a as i64, b as i64],
             None => [-1, -1],
@@ -138,13 +150,17 @@ impl HardNegatives {
         let extra: usize = parts.iter().map(|p| p.indices.len()).sum();
         let total = self.indices.len().saturating_add(extra);
         try_reserve(&mut self.indices, extra, "bands", &[total])?;
+        try_reserve(&mut self.scores, extra, "band scores", &[total])?;
         self.reserve_rows(parts.iter().map(HardNegatives::len).sum())?;
         for part in parts {
             let offset = self.indices.len() as i64;
             self.indices.extend_from_slice(&part.indices);
+            self.scores.extend_from_slice(&part.scores);
             self.indptr.extend(part.indptr[1..].iter().map(|&p| p + offset));
             self.target_rank.extend_from_slice(&part.target_rank);
+            self.target_score.extend_from_slice(&part.target_score);
             self.drops.extend_from_slice(&part.drops);
+            self.removed.add(&part.removed);
         }
         Ok(())
     }
@@ -157,6 +173,7 @@ pub struct Miner<'a> {
     targets: &'a [i64],
     options: MineOptions,
     exclusions: Exclusions<'a>,
+    spec: Spec,
 }
 
 impl<'a> Miner<'a> {
@@ -198,7 +215,44 @@ impl<'a> Miner<'a> {
                 )));
             }
         }
-        Ok(Miner { n_gallery, targets, options, exclusions })
+        Ok(Miner { n_gallery, targets, options, exclusions, spec: Spec::default() })
+    }
+
+    /// The same miner with another candidate set, filters and selection (see
+    /// [`crate::strategy`]); the default is QuRe's band, unfiltered, every item kept.
+    pub fn with_spec(mut self, spec: Spec) -> Result<Self> {
+        let bad = |what: &str| Err(QureError::invalid(what.to_string()));
+        match spec.candidates {
+            Candidates::Top { start, end: Some(end) }
+            | Candidates::Window { start, end: Some(end) }
+                if end <= start =>
+            {
+                return bad("rank_range must be (start, end) with start < end");
+            }
+            _ => {}
+        }
+        let f = spec.filters;
+        for (name, value) in [
+            ("margin", f.margin),
+            ("relative_margin", f.relative_margin),
+            ("max_score", f.max_score),
+            ("min_score", f.min_score),
+        ] {
+            if value.is_some_and(|v| !v.is_finite()) {
+                return bad(&format!("{name} must be finite"));
+            }
+        }
+        match spec.pick {
+            Pick::First(0) | Pick::Uniform(0) | Pick::SimAns { k: 0, .. } => {
+                return bad("num_negatives must be at least 1");
+            }
+            Pick::SimAns { a, b, .. } if !(a.is_finite() && a > 0.0 && b.is_finite()) => {
+                return bad("SimANS needs a finite a > 0 and a finite b");
+            }
+            _ => {}
+        }
+        self.spec = spec;
+        Ok(self)
     }
 
     /// Number of queries.
@@ -238,10 +292,11 @@ impl<'a> Miner<'a> {
                 for (r, row) in rows.chunks_exact(n).enumerate() {
                     let query = first + r;
                     let target = self.targets[query] as usize;
-                    let (rank, drops) = mine_row(row, target, &self.options, scratch)
+                    let rank = rank_row(row, target, self.spec.candidates, scratch)
                         .map_err(|e| e.at_row(query))?;
-                    self.exclude_into(query, target, &scratch.band, &mut part.indices)?;
-                    part.finish_row(rank, drops);
+                    let drops =
+                        self.choose_and_keep(query, row[target], Some(row), scratch, &mut part)?;
+                    part.finish_row(rank, row[target], drops);
                 }
                 Ok(part)
             })
@@ -263,11 +318,26 @@ impl<'a> Miner<'a> {
     pub fn mine_tails(
         &self,
         above: &[i64],
+        target_scores: &[f32],
         items: &[i64],
         scores: &[f32],
         width: usize,
     ) -> Result<HardNegatives> {
         let q = self.n_queries();
+        if target_scores.len() != q {
+            return Err(QureError::invalid(format!(
+                "target_scores has {} entries but there are {q} queries",
+                target_scores.len()
+            )));
+        }
+        if matches!(self.spec.candidates, Candidates::Top { .. })
+            || self.spec.filters.reference == Reference::LowestPositive
+        {
+            return Err(QureError::invalid(
+                "merged tails hold no items above the target nor the positives' scores: \
+                 mine them with the band or a window after the target, against the target's score",
+            ));
+        }
         if above.len() != q {
             return Err(QureError::invalid(format!(
                 "above has {} entries but there are {q} queries",
@@ -321,10 +391,9 @@ impl<'a> Miner<'a> {
                             keys.push(rank_key(v, g as u32));
                         }
                         scratch.band.clear();
-                        let drops = choose_in_tail(scratch, &self.options)?;
-                        let target = self.targets[query] as usize;
-                        self.exclude_into(query, target, &scratch.band, &mut part.indices)?;
-                        part.finish_row(above[query] as usize, drops);
+                        let score = target_scores[query];
+                        let drops = self.choose_and_keep(query, score, None, scratch, &mut part)?;
+                        part.finish_row(above[query] as usize, score, drops);
                     }
                     Ok(part)
                 })
@@ -338,47 +407,202 @@ impl<'a> Miner<'a> {
         Ok(out)
     }
 
-    /// Appends the band's gallery indices, minus positives and duplicate ids, to `out`.
-    fn exclude_into(
+    /// Everything after the ranking, for one query whose candidate keys (the tail's, or every
+    /// non-target item's for [`Candidates::Top`]) are in `scratch.keys`, in any order: chooses
+    /// the candidates, removes known positives and duplicate ids, applies the filters, selects,
+    /// and appends the kept items and their scores to `part`. `row` is the query's score row
+    /// (needed for [`Reference::LowestPositive`]). Returns the band's drops (band only).
+    fn choose_and_keep(
         &self,
         query: usize,
-        target: usize,
-        band: &[u64],
-        out: &mut Vec<i64>,
-    ) -> Result<()> {
-        // Amortised growth: a task appends a few bands.
-        let total = out.len().saturating_add(band.len());
-        out.try_reserve(band.len()).map_err(|_| out_of_memory::<i64>("bands", &[total]))?;
+        target_score: f32,
+        row: Option<&[f32]>,
+        scratch: &mut Scratch,
+        part: &mut HardNegatives,
+    ) -> Result<Option<(usize, usize)>> {
+        let spec = self.spec;
+        let drops = match spec.candidates {
+            Candidates::Band => choose_in_tail(scratch, &self.options)?,
+            _ => None,
+        };
+        let target = self.targets[query] as usize;
         let positives = self.exclusions.positives.map(|p| p.row(query)).unwrap_or(&[]);
-        match self.exclusions.gallery_ids {
-            None if positives.is_empty() => {
-                out.extend(band.iter().map(|&k| i64::from(key_index(k))));
+        let reference = match (spec.filters.reference, row) {
+            (Reference::LowestPositive, Some(row)) => {
+                positives.iter().map(|&p| row[p as usize]).fold(target_score, f32::min)
             }
-            None => {
-                let mut positives = positives.to_vec();
-                positives.sort_unstable();
-                out.extend(
-                    band.iter()
-                        .map(|&k| i64::from(key_index(k)))
-                        .filter(|i| positives.binary_search(i).is_err()),
-                );
+            _ => target_score,
+        };
+        // Known positives (sorted, for lookups) and the ids already taken.
+        let sorted_positives = &mut scratch.positives;
+        sorted_positives.clear();
+        try_reserve(sorted_positives, positives.len(), "mining scratch", &[positives.len()])?;
+        sorted_positives.extend_from_slice(positives);
+        sorted_positives.sort_unstable();
+        let seen = &mut scratch.seen;
+        seen.clear();
+        let sorted_positives = &scratch.positives;
+        if let Some(ids) = self.exclusions.gallery_ids {
+            let room = positives.len() + 1;
+            seen.try_reserve(room).map_err(|_| out_of_memory::<i64>("band ids", &[room]))?;
+            seen.insert(ids[target]);
+            seen.extend(positives.iter().map(|&p| ids[p as usize]));
+        }
+        let limit = match spec.pick {
+            Pick::First(k) => Some(k),
+            _ => None,
+        };
+        let mut keeper = Keeper {
+            survivors: &mut scratch.survivors,
+            seen,
+            positives: sorted_positives,
+            ids: self.exclusions.gallery_ids,
+            spec: &spec,
+            reference,
+            limit,
+            removed: Removed::default(),
+        };
+        keeper.survivors.clear();
+        match spec.candidates {
+            Candidates::Band => {
+                for &key in scratch.band.iter() {
+                    if keeper.offer(key)? {
+                        break;
+                    }
+                }
             }
-            Some(ids) => {
-                let room = band.len() + positives.len() + 1;
-                let mut seen: HashSet<i64> = HashSet::new();
-                seen.try_reserve(room).map_err(|_| out_of_memory::<i64>("band ids", &[room]))?;
-                seen.insert(ids[target]);
-                seen.extend(positives.iter().map(|&p| ids[p as usize]));
-                out.extend(
-                    band.iter()
-                        .map(|&k| key_index(k) as usize)
-                        .filter(|&i| seen.insert(ids[i]))
-                        .map(|i| i as i64),
-                );
+            Candidates::Top { start, end } | Candidates::Window { start, end } => {
+                let keys = &mut scratch.keys;
+                if let (Candidates::Window { .. }, Some(m)) =
+                    (spec.candidates, self.options.max_rank)
+                {
+                    if m < keys.len() {
+                        keys.select_nth_unstable(m - 1);
+                        keys.truncate(m);
+                    }
+                }
+                let end = end.map_or(keys.len(), |e| e.min(keys.len()));
+                let start = start.min(end);
+                // Order only as much of the ranking as the selection needs.
+                let mut sorted = 0;
+                let mut want = match limit {
+                    Some(k) => start.saturating_add(k.saturating_mul(4).max(64)).min(end),
+                    None => end,
+                };
+                loop {
+                    sorted_prefix(keys, sorted, want);
+                    let mut done = false;
+                    for &key in &keys[sorted.max(start)..want] {
+                        if keeper.offer(key)? {
+                            done = true;
+                            break;
+                        }
+                    }
+                    sorted = want;
+                    if done || want >= end {
+                        break;
+                    }
+                    want = start.saturating_add((want - start).saturating_mul(8)).min(end);
+                }
             }
         }
+        let removed = keeper.removed;
+        part.removed.add(&removed);
+        self.select_into(query, reference, &mut scratch.survivors, part)?;
+        Ok(drops)
+    }
+
+    /// Appends the selected survivors (rank keys in rank order) and their scores to `part`.
+    fn select_into(
+        &self,
+        query: usize,
+        reference: f32,
+        survivors: &mut Vec<u64>,
+        part: &mut HardNegatives,
+    ) -> Result<()> {
+        let key = pick_key(self.spec.seed, query as u64);
+        let k = match self.spec.pick {
+            Pick::All | Pick::First(_) => survivors.len(),
+            Pick::Uniform(k) | Pick::SimAns { k, .. } => k,
+        };
+        if k < survivors.len() {
+            // The k survivors with the largest random keys, then back in rank order.
+            let priority = |s: &u64| -> f64 {
+                let u = unit(key, u64::from(key_index(*s)));
+                match self.spec.pick {
+                    Pick::SimAns { a, b, .. } => simans_key(u, key_score(*s), reference, a, b),
+                    _ => u,
+                }
+            };
+            let mut ranked: Vec<(f64, u64)> = Vec::new();
+            try_reserve(&mut ranked, survivors.len(), "mining scratch", &[survivors.len()])?;
+            ranked.extend(survivors.iter().map(|s| (priority(s), *s)));
+            // Largest priority first; equal priorities by rank (never in practice).
+            ranked.sort_unstable_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+            survivors.clear();
+            survivors.extend(ranked[..k].iter().map(|&(_, s)| s));
+            survivors.sort_unstable();
+        }
+        let total = part.indices.len().saturating_add(survivors.len());
+        try_reserve(&mut part.indices, survivors.len(), "bands", &[total])?;
+        try_reserve(&mut part.scores, survivors.len(), "band scores", &[total])?;
+        part.indices.extend(survivors.iter().map(|&s| i64::from(key_index(s))));
+        part.scores.extend(survivors.iter().map(|&s| key_score(s)));
         Ok(())
     }
+}
+
+/// Walks candidates in rank order: removes known positives and duplicate ids, then filters.
+struct Keeper<'s> {
+    survivors: &'s mut Vec<u64>,
+    seen: &'s mut HashSet<i64>,
+    positives: &'s [i64],
+    ids: Option<&'s [i64]>,
+    spec: &'s Spec,
+    reference: f32,
+    limit: Option<usize>,
+    removed: Removed,
+}
+
+impl Keeper<'_> {
+    /// Offers the next candidate; true once the selection has all it needs.
+    fn offer(&mut self, key: u64) -> Result<bool> {
+        self.removed.candidates += 1;
+        let item = i64::from(key_index(key));
+        let excluded = match self.ids {
+            Some(ids) => {
+                self.seen.try_reserve(1).map_err(|_| out_of_memory::<i64>("band ids", &[1]))?;
+                !self.seen.insert(ids[item as usize])
+            }
+            None => !self.positives.is_empty() && self.positives.binary_search(&item).is_ok(),
+        };
+        if excluded {
+            self.removed.excluded += 1;
+            return Ok(false);
+        }
+        if filtered(&self.spec.filters, key_score(key), self.reference, &mut self.removed) {
+            return Ok(false);
+        }
+        if self.survivors.len() == self.survivors.capacity() {
+            let room = self.survivors.len().max(16);
+            try_reserve(self.survivors, room, "mining scratch", &[room * 2])?;
+        }
+        self.survivors.push(key);
+        Ok(self.limit.is_some_and(|k| self.survivors.len() >= k))
+    }
+}
+
+/// Makes `keys[..want]` sorted, given that `keys[..sorted]` already is and holds the smallest
+/// `sorted` keys.
+fn sorted_prefix(keys: &mut [u64], sorted: usize, want: usize) {
+    if want <= sorted {
+        return;
+    }
+    let rest = &mut keys[sorted..];
+    if want - sorted < rest.len() {
+        rest.select_nth_unstable(want - sorted - 1);
+    }
+    rest[..want - sorted].sort_unstable();
 }
 
 pub(crate) fn validate_csr(
@@ -416,17 +640,23 @@ pub fn mine_negatives(
     options: MineOptions,
     exclusions: Exclusions<'_>,
 ) -> Result<HardNegatives> {
-    let miner = Miner::new(n_gallery, targets, options, exclusions)?;
-    if targets.len().checked_mul(n_gallery) != Some(scores.len()) {
-        return Err(QureError::invalid(format!(
-            "scores hold {} values, expected {} queries x {n_gallery} gallery items",
-            scores.len(),
-            targets.len()
-        )));
+    Miner::new(n_gallery, targets, options, exclusions)?.mine_matrix(scores)
+}
+
+impl Miner<'_> {
+    /// Mines every row of the row-major `(n_queries, n_gallery)` score matrix on qure's pool.
+    pub fn mine_matrix(&self, scores: &[f32]) -> Result<HardNegatives> {
+        let (q, n) = (self.n_queries(), self.n_gallery);
+        if q.checked_mul(n) != Some(scores.len()) {
+            return Err(QureError::invalid(format!(
+                "scores hold {} values, expected {q} queries x {n} gallery items",
+                scores.len()
+            )));
+        }
+        let mut out = HardNegatives::try_with_capacity(q)?;
+        threads::install(|| self.mine_block(0, scores, &mut out))?;
+        Ok(out)
     }
-    let mut out = HardNegatives::try_with_capacity(targets.len())?;
-    threads::install(|| miner.mine_block(0, scores, &mut out))?;
-    Ok(out)
 }
 
 /// Per-thread buffers, reused across rows; every one grows fallibly.
@@ -439,6 +669,9 @@ struct Scratch {
     candidates: Vec<u64>,
     cursor: Vec<u32>,
     band: Vec<u64>,
+    positives: Vec<i64>,
+    seen: HashSet<i64>,
+    survivors: Vec<u64>,
 }
 
 /// Drops examined in the first round of the steepest-first scan; more only when needed.
@@ -476,14 +709,14 @@ impl From<QureError> for RowError {
     }
 }
 
-/// Mines one row; the band's rank keys (before exclusions) are left in `scratch.band`.
-/// Returns the target's rank and the chosen drop positions.
-fn mine_row(
+/// Ranks one row: leaves in `scratch.keys` the rank keys of the items ranked after the target
+/// (every item but the target for [`Candidates::Top`]) and returns the target's rank.
+fn rank_row(
     row: &[f32],
     target: usize,
-    options: &MineOptions,
+    candidates: Candidates,
     scratch: &mut Scratch,
-) -> std::result::Result<(usize, Option<(usize, usize)>), RowError> {
+) -> std::result::Result<usize, RowError> {
     let n = row.len();
     scratch.band.clear();
     let keys = &mut scratch.keys;
@@ -491,6 +724,22 @@ fn mine_row(
     let target_key = rank_key(row[target], target as u32);
     let mut len = 0;
     let mut finite = true;
+    if let Candidates::Top { .. } = candidates {
+        // Every item but the target; the rank counts those ranked above it.
+        let mut above = 0;
+        for (j, &v) in row.iter().enumerate() {
+            finite &= v.is_finite();
+            let key = rank_key(v, j as u32);
+            keys[len] = key;
+            len += usize::from(j != target);
+            above += usize::from(key < target_key);
+        }
+        if !finite {
+            return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
+        }
+        keys.truncate(len);
+        return Ok(above);
+    }
     // Branch-free compaction: every key is written, only tail keys (key > target's) advance.
     for (j, &v) in row.iter().enumerate() {
         finite &= v.is_finite();
@@ -501,9 +750,8 @@ fn mine_row(
     if !finite {
         return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
     }
-    let target_rank = n - 1 - len;
     keys.truncate(len);
-    Ok((target_rank, choose_in_tail(scratch, options)?))
+    Ok(n - 1 - len)
 }
 
 /// Steps 2-4 of the rule on the tail's rank keys in `scratch.keys` (any order): keeps the first

@@ -7,12 +7,14 @@ use numpy::{
 };
 use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::error::QureError;
 use crate::kernel::Kernel;
 use crate::mining::{self, CsrRef, Exclusions, HardNegatives, MineOptions, Pairing};
 use crate::score::{self as core_score, Gallery, Queries};
 use crate::shard;
+use crate::strategy::{Candidates, Filters, Pick, Reference, Spec};
 use crate::threads;
 
 fn to_py(err: QureError) -> PyErr {
@@ -34,13 +36,16 @@ type MinedArrays<'py> = (
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray2<i64>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyDict>,
 );
 
 type TopK<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
 /// Mines two-steep-drop bands; see `qure.mine_negatives` for the rule and arguments.
 #[pyfunction]
-#[pyo3(signature = (scores, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None))]
+#[pyo3(signature = (scores, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn mine_negatives<'py>(
     py: Python<'py>,
@@ -52,8 +57,36 @@ fn mine_negatives<'py>(
     positives_indptr: Option<PyReadonlyArray1<'py, i64>>,
     positives_indices: Option<PyReadonlyArray1<'py, i64>>,
     gallery_ids: Option<PyReadonlyArray1<'py, i64>>,
+    strategy: &str,
+    rank_start: usize,
+    rank_end: Option<usize>,
+    margin: Option<f32>,
+    relative_margin: Option<f32>,
+    max_score: Option<f32>,
+    min_score: Option<f32>,
+    reference: &str,
+    num_negatives: Option<usize>,
+    sampling: &str,
+    simans_a: f32,
+    simans_b: f32,
+    seed: u64,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
+    let spec = parse_spec(
+        strategy,
+        (rank_start, rank_end),
+        Filters {
+            margin,
+            relative_margin,
+            max_score,
+            min_score,
+            reference: parse_reference(reference)?,
+        },
+        num_negatives,
+        sampling,
+        (simans_a, simans_b),
+        seed,
+    )?;
     let [n_queries, n_gallery] = [scores.shape()[0], scores.shape()[1]];
     let scores_slice = contiguous(&scores, "scores")?;
     let targets = contiguous(&target_idx, "target_idx")?;
@@ -68,9 +101,57 @@ fn mine_negatives<'py>(
         gallery_ids: optional_slice(&gallery_ids, "gallery_ids")?,
     };
     let mined = py
-        .detach(|| mining::mine_negatives(scores_slice, n_gallery, targets, options, exclusions))
+        .detach(|| {
+            mining::Miner::new(n_gallery, targets, options, exclusions)?
+                .with_spec(spec)?
+                .mine_matrix(scores_slice)
+        })
         .map_err(to_py)?;
     mined_to_py(py, mined)
+}
+
+fn parse_reference(reference: &str) -> PyResult<Reference> {
+    match reference {
+        "target" => Ok(Reference::Target),
+        "lowest_positive" => Ok(Reference::LowestPositive),
+        other => Err(PyValueError::new_err(format!(
+            "reference must be 'target' or 'lowest_positive', not {other:?}"
+        ))),
+    }
+}
+
+/// The candidate set, filters and selection from the keyword arguments `qure.mining` passes.
+fn parse_spec(
+    strategy: &str,
+    (start, end): (usize, Option<usize>),
+    filters: Filters,
+    num_negatives: Option<usize>,
+    sampling: &str,
+    (a, b): (f32, f32),
+    seed: u64,
+) -> PyResult<Spec> {
+    let candidates = match strategy {
+        "band" => Candidates::Band,
+        "topk" => Candidates::Top { start, end },
+        "window" => Candidates::Window { start, end },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "strategy must be 'band', 'topk' or 'window', not {other:?}"
+            )))
+        }
+    };
+    let pick = match (num_negatives, sampling) {
+        (None, "top" | "random" | "simans") => Pick::All,
+        (Some(k), "top") => Pick::First(k),
+        (Some(k), "random") => Pick::Uniform(k),
+        (Some(k), "simans") => Pick::SimAns { k, a, b },
+        (_, other) => {
+            return Err(PyValueError::new_err(format!(
+                "sampling must be 'top', 'random' or 'simans', not {other:?}"
+            )))
+        }
+    };
+    Ok(Spec { candidates, filters, pick, seed })
 }
 
 fn parse_pairing(pairing: &str) -> PyResult<Pairing> {
@@ -87,11 +168,26 @@ fn mined_to_py(py: Python<'_>, mined: HardNegatives) -> PyResult<MinedArrays<'_>
     let n_queries = mined.target_rank.len();
     let drops: Vec<i64> = mined.drops.iter().flatten().copied().collect();
     let drops = drops.into_pyarray(py).reshape([n_queries, 2])?;
+    let removed = PyDict::new(py);
+    let r = mined.removed;
+    for (name, count) in [
+        ("candidates", r.candidates),
+        ("excluded", r.excluded),
+        ("margin", r.margin),
+        ("relative_margin", r.relative_margin),
+        ("max_score", r.max_score),
+        ("min_score", r.min_score),
+    ] {
+        removed.set_item(name, count)?;
+    }
     Ok((
         mined.indptr.into_pyarray(py),
         mined.indices.into_pyarray(py),
         mined.target_rank.into_pyarray(py),
         drops,
+        mined.scores.into_pyarray(py),
+        mined.target_score.into_pyarray(py),
+        removed,
     ))
 }
 
@@ -175,7 +271,7 @@ fn target_rank<'py>(
 
 /// Scores query blocks and mines them as it goes.
 #[pyfunction]
-#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None))]
+#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn mine_from_features<'py>(
     py: Python<'py>,
@@ -189,8 +285,36 @@ fn mine_from_features<'py>(
     positives_indices: Option<PyReadonlyArray1<'py, i64>>,
     gallery_ids: Option<PyReadonlyArray1<'py, i64>>,
     block_size: Option<usize>,
+    strategy: &str,
+    rank_start: usize,
+    rank_end: Option<usize>,
+    margin: Option<f32>,
+    relative_margin: Option<f32>,
+    max_score: Option<f32>,
+    min_score: Option<f32>,
+    reference: &str,
+    num_negatives: Option<usize>,
+    sampling: &str,
+    simans_a: f32,
+    simans_b: f32,
+    seed: u64,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
+    let spec = parse_spec(
+        strategy,
+        (rank_start, rank_end),
+        Filters {
+            margin,
+            relative_margin,
+            max_score,
+            min_score,
+            reference: parse_reference(reference)?,
+        },
+        num_negatives,
+        sampling,
+        (simans_a, simans_b),
+        seed,
+    )?;
     let (q, g) = features(&queries, &gallery)?;
     let targets = contiguous(&target_idx, "target_idx")?;
     let exclusions = Exclusions {
@@ -199,12 +323,13 @@ fn mine_from_features<'py>(
     };
     let mined = py
         .detach(|| {
-            core_score::mine_from_features(
+            core_score::mine_from_features_with(
                 q,
                 g,
                 targets,
                 options,
                 exclusions,
+                spec,
                 block_size,
                 |_, _| {},
             )
@@ -213,7 +338,7 @@ fn mine_from_features<'py>(
     mined_to_py(py, mined)
 }
 
-type Candidates<'py> =
+type TailArrays<'py> =
     (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
 /// Sharded mining, on one rank: per query, the shard's items above the target and its best
@@ -231,7 +356,7 @@ fn tail_candidates<'py>(
     target_scores: PyReadonlyArray1<'py, f32>,
     max_rank: usize,
     block_size: Option<usize>,
-) -> PyResult<Candidates<'py>> {
+) -> PyResult<TailArrays<'py>> {
     let (q, g) = features(&queries, &shard)?;
     let targets = contiguous(&target_idx, "target_idx")?;
     let target_scores = contiguous(&target_scores, "target_scores")?;
@@ -259,11 +384,12 @@ fn tail_candidates<'py>(
 
 /// Sharded mining, on the query's rank: mines the merged tails exactly as the whole row.
 #[pyfunction]
-#[pyo3(signature = (above, items, scores, target_idx, *, n_gallery, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None))]
+#[pyo3(signature = (above, target_scores, items, scores, target_idx, *, n_gallery, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn mine_tails<'py>(
     py: Python<'py>,
     above: PyReadonlyArray1<'py, i64>,
+    target_scores: PyReadonlyArray1<'py, f32>,
     items: PyReadonlyArray2<'py, i64>,
     scores: PyReadonlyArray2<'py, f32>,
     target_idx: PyReadonlyArray1<'py, i64>,
@@ -274,8 +400,36 @@ fn mine_tails<'py>(
     positives_indptr: Option<PyReadonlyArray1<'py, i64>>,
     positives_indices: Option<PyReadonlyArray1<'py, i64>>,
     gallery_ids: Option<PyReadonlyArray1<'py, i64>>,
+    strategy: &str,
+    rank_start: usize,
+    rank_end: Option<usize>,
+    margin: Option<f32>,
+    relative_margin: Option<f32>,
+    max_score: Option<f32>,
+    min_score: Option<f32>,
+    reference: &str,
+    num_negatives: Option<usize>,
+    sampling: &str,
+    simans_a: f32,
+    simans_b: f32,
+    seed: u64,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
+    let spec = parse_spec(
+        strategy,
+        (rank_start, rank_end),
+        Filters {
+            margin,
+            relative_margin,
+            max_score,
+            min_score,
+            reference: parse_reference(reference)?,
+        },
+        num_negatives,
+        sampling,
+        (simans_a, simans_b),
+        seed,
+    )?;
     if items.shape() != scores.shape() {
         return Err(PyValueError::new_err(format!(
             "items {:?} and scores {:?} must have the same shape",
@@ -285,6 +439,7 @@ fn mine_tails<'py>(
     }
     let width = items.shape()[1];
     let above = contiguous(&above, "above")?;
+    let target_scores = contiguous(&target_scores, "target_scores")?;
     let items = contiguous(&items, "items")?;
     let scores = contiguous(&scores, "scores")?;
     let targets = contiguous(&target_idx, "target_idx")?;
@@ -295,7 +450,8 @@ fn mine_tails<'py>(
     let mined = py
         .detach(|| {
             mining::Miner::new(n_gallery, targets, options, exclusions)?
-                .mine_tails(above, items, scores, width)
+                .with_spec(spec)?
+                .mine_tails(above, target_scores, items, scores, width)
         })
         .map_err(to_py)?;
     mined_to_py(py, mined)

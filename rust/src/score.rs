@@ -14,6 +14,7 @@ use crate::error::{try_filled, try_reserve, QureError, Result};
 use crate::kernel::{dot_chain, pack_group, pack_panels, score_rows, Kernel, MAX_LANES};
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
+use crate::strategy::Spec;
 use crate::threads;
 
 /// Gallery token rows per streamed block (a block and the tile it feeds stay in L2).
@@ -530,9 +531,33 @@ pub fn mine_from_features(
     options: MineOptions,
     exclusions: Exclusions<'_>,
     block_rows: Option<usize>,
+    progress: impl FnMut(usize, usize),
+) -> Result<HardNegatives> {
+    mine_from_features_with(
+        queries,
+        gallery,
+        targets,
+        options,
+        exclusions,
+        Spec::default(),
+        block_rows,
+        progress,
+    )
+}
+
+/// [`mine_from_features`] with a candidate set, filters and selection ([`crate::strategy`]).
+#[allow(clippy::too_many_arguments)]
+pub fn mine_from_features_with(
+    queries: Queries<'_>,
+    gallery: Gallery<'_>,
+    targets: &[i64],
+    options: MineOptions,
+    exclusions: Exclusions<'_>,
+    spec: Spec,
+    block_rows: Option<usize>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<HardNegatives> {
-    let miner = Miner::new(gallery.items, targets, options, exclusions)?;
+    let miner = Miner::new(gallery.items, targets, options, exclusions)?.with_spec(spec)?;
     if targets.len() != queries.rows {
         return Err(QureError::invalid(format!(
             "target_idx has {} entries but there are {} queries",

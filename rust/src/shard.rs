@@ -220,7 +220,7 @@ mod tests {
             }
         }
         let miner = Miner::new(n, &targets, options, exclusions).unwrap();
-        let got = miner.mine_tails(&above, &items, &values, width).unwrap();
+        let got = miner.mine_tails(&above, &target_scores, &items, &values, width).unwrap();
         assert_eq!(got, expected, "seed {seed}, {shards} shards, max_rank {max_rank}");
     }
 
@@ -245,11 +245,12 @@ mod tests {
         assert!(tail_candidates(q, g, 0, 2, &[0], &[f32::NAN], 1, None).is_err());
         assert!(tail_candidates(q, g, 0, 2, &[0], &[1.0], 1, Some(0)).is_err());
         let miner = Miner::new(2, &[0], MineOptions::default(), Exclusions::default()).unwrap();
-        assert!(miner.mine_tails(&[2], &[1], &[0.0], 1).is_err());
-        assert!(miner.mine_tails(&[0], &[5], &[0.0], 1).is_err());
-        assert!(miner.mine_tails(&[0], &[1], &[f32::INFINITY], 1).is_err());
-        assert!(miner.mine_tails(&[0], &[1, 1], &[0.0], 1).is_err());
-        let ok = miner.mine_tails(&[0], &[1], &[0.0], 1).unwrap();
+        assert!(miner.mine_tails(&[2], &[1.0], &[1], &[0.0], 1).is_err());
+        assert!(miner.mine_tails(&[0], &[1.0], &[5], &[0.0], 1).is_err());
+        assert!(miner.mine_tails(&[0], &[1.0], &[1], &[f32::INFINITY], 1).is_err());
+        assert!(miner.mine_tails(&[0], &[1.0], &[1, 1], &[0.0], 1).is_err());
+        assert!(miner.mine_tails(&[0], &[], &[1], &[0.0], 1).is_err());
+        let ok = miner.mine_tails(&[0], &[1.0], &[1], &[0.0], 1).unwrap();
         assert_eq!(ok.target_rank, vec![0]);
     }
 }
