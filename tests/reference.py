@@ -106,3 +106,94 @@ def released_loop(row: Any, target: int, threshold: int = 1) -> Optional[np.ndar
             start, end = min(first, second), max(first, second)
             return after[start + 1 : end + 1]
     return None
+
+
+def reference_strategy(
+    row: Any,
+    target: int,
+    *,
+    strategy: str = "band",
+    rank_range: Optional[tuple] = None,
+    consecutive_threshold: int = 1,
+    pairing: str = "consecutive",
+    max_rank: Optional[int] = None,
+    positives: Sequence[int] = (),
+    gallery_ids: Optional[Sequence[Any]] = None,
+    margin: Optional[float] = None,
+    relative_margin: Optional[float] = None,
+    max_score: Optional[float] = None,
+    min_score: Optional[float] = None,
+    reference: str = "target",
+    num_negatives: Optional[int] = None,
+) -> dict:
+    """One query of ``qure.mine_negatives`` with a candidate set, filters and the ``"top"``
+    selection, straight from the documented rule, in float32 scalar arithmetic.
+
+    Returns ``kept`` (gallery indices, rank order), ``survivors`` (every survivor, before the
+    selection), ``rank`` (the target's), ``removed`` (counts as ``HardNegatives.removed``) and
+    ``reference`` (the reference score).
+    """
+    values = [np.float32(v) for v in np.asarray(row, dtype=np.float32)]
+    n = len(values)
+    ranking = sorted(range(n), key=lambda j: (-float(values[j]), j))
+    p = ranking.index(target)
+    start, end = rank_range if rank_range is not None else (0, None)
+    if strategy == "band":
+        bands, _, _ = reference_mine(
+            np.asarray([values], dtype=np.float32),
+            [target],
+            consecutive_threshold=consecutive_threshold,
+            pairing=pairing,
+            max_rank=max_rank,
+        )
+        candidates = bands[0]
+    elif strategy == "topk":
+        candidates = [j for j in ranking if j != target][start:end]
+    elif strategy == "window":
+        tail = ranking[p + 1 :]
+        if max_rank is not None:
+            tail = tail[:max_rank]
+        candidates = tail[start:end]
+    else:
+        raise ValueError(strategy)
+    pos = [int(x) for x in positives]
+    r = values[target]
+    if reference == "lowest_positive":
+        for x in pos:
+            r = min(r, values[x])
+    removed = dict.fromkeys(
+        ("candidates", "excluded", "margin", "relative_margin", "max_score", "min_score"), 0
+    )
+    seen = None
+    if gallery_ids is not None:
+        seen = {gallery_ids[target], *(gallery_ids[x] for x in pos)}
+    survivors = []
+    f32 = np.float32
+    for g in candidates:
+        if num_negatives is not None and len(survivors) >= num_negatives:
+            break
+        removed["candidates"] += 1
+        if seen is not None:
+            if gallery_ids[g] in seen:
+                removed["excluded"] += 1
+                continue
+            seen.add(gallery_ids[g])
+        elif g in pos:
+            removed["excluded"] += 1
+            continue
+        s = values[g]
+        with np.errstate(over="ignore"):
+            if margin is not None and s + f32(margin) > r:
+                removed["margin"] += 1
+                continue
+            if relative_margin is not None and s > r - abs(r) * f32(relative_margin):
+                removed["relative_margin"] += 1
+                continue
+        if max_score is not None and s > f32(max_score):
+            removed["max_score"] += 1
+            continue
+        if min_score is not None and s < f32(min_score):
+            removed["min_score"] += 1
+            continue
+        survivors.append(g)
+    return {"kept": survivors, "rank": p, "removed": removed, "reference": r}

@@ -249,6 +249,166 @@ class HardNegatives:
             "that short)."
         )
 
+    def stats(self) -> dict[str, Any]:
+        """What was mined, in numbers: ``queries``, ``empty`` (queries with nothing mined),
+        ``band_size`` (distribution), ``scores`` (the ``positive`` (target), ``negative`` and
+        ``difference`` (target minus negative, one per mined item) score distributions, when the
+        scores are known) and ``removed`` (candidates examined and removed per step, with
+        ``*_ratio`` shares of the candidates examined). Each distribution holds ``count``,
+        ``mean``, ``std``, ``min``, ``25%``, ``50%``, ``75%`` and ``max`` (NaN when empty)."""
+        sizes = self.sizes
+        out: dict[str, Any] = {
+            "queries": len(self),
+            "empty": int((sizes == 0).sum()),
+            "band_size": _describe(sizes),
+        }
+        if self.scores is not None and self.target_score is not None:
+            rows = np.repeat(np.arange(len(self)), sizes)
+            target = self.target_score.astype(np.float64)
+            negative = self.scores.astype(np.float64)
+            out["scores"] = {
+                "positive": _describe(target),
+                "negative": _describe(negative),
+                "difference": _describe(target[rows] - negative),
+            }
+        if self.removed is not None:
+            removed: dict[str, float] = dict(self.removed)
+            seen = max(self.removed["candidates"], 1)
+            for name in FILTER_NAMES:
+                removed[f"{name}_ratio"] = self.removed[name] / seen
+            out["removed"] = removed
+        return out
+
+    def format_stats(self) -> str:
+        """:meth:`stats` as a table (as sentence-transformers prints it), and a line per
+        filter that removed candidates."""
+        stats = self.stats()
+        lines = [
+            f"{stats['queries']:,} queries, {stats['empty']:,} with nothing mined; "
+            f"mined per query: mean {stats['band_size']['mean']:.2f}, "
+            f"median {stats['band_size']['50%']:g}"
+        ]
+        if "scores" in stats:
+            table = stats["scores"]
+            lines.append(f"{'Metric':<8}{'Positive':>12}{'Negative':>12}{'Difference':>12}")
+            for key in ("count", "mean", "std", "min", "25%", "50%", "75%", "max"):
+                cells = [table[c][key] for c in ("positive", "negative", "difference")]
+                text = [f"{v:,.0f}" if key == "count" else f"{v:.4f}" for v in cells]
+                lines.append(f"{key.capitalize():<8}" + "".join(f"{t:>12}" for t in text))
+        if "removed" in stats:
+            removed = stats["removed"]
+            for name in FILTER_NAMES:
+                if removed[name]:
+                    lines.append(
+                        f"{name}: removed {removed[name]:,} of {removed['candidates']:,} "
+                        f"candidates examined ({100 * removed[name + '_ratio']:.2f}%)"
+                    )
+        return "\n".join(lines)
+
+    def to_records(
+        self,
+        format: str,
+        target_idx: Any,
+        *,
+        anchors: Any = None,
+        documents: Any = None,
+        scores: bool = False,
+        num_negatives: int | None = None,
+        as_dataset: bool = False,
+    ) -> Any:
+        """The mined negatives in one of sentence-transformers' formats, as columns.
+
+        ``format``: ``"triplet"`` (``anchor``, ``positive``, ``negative``: a row per mined
+        item), ``"n-tuple"`` (``anchor``, ``positive``, ``negative_1`` .. ``negative_n``: a row
+        per query with at least ``n`` negatives, ``n = num_negatives`` or the largest band),
+        ``"labeled-pair"`` (``anchor``, ``positive``, ``label``: the positive with 1, each
+        negative with 0) or ``"labeled-list"`` (``anchor``, ``positive`` (the positive and the
+        negatives), ``labels``). ``target_idx``: each query's positive (gallery index);
+        ``anchors`` (per query) and ``documents`` (per gallery item) name them (default: the
+        indices). ``scores=True`` adds the scores (``scores``, or ``score`` in place of
+        ``label``). Returns a dict of lists, or a ``datasets.Dataset`` with ``as_dataset``.
+        """
+        check_choice(format, "format", RECORD_FORMATS)
+        targets = as_index_vector(target_idx, "target_idx", length=len(self))
+        if scores and (self.scores is None or self.target_score is None):
+            raise ValueError("these bands carry no scores: mine them again to export scores")
+        names = list(range(len(self))) if anchors is None else list(anchors)
+        if len(names) != len(self):
+            raise ValueError(f"anchors has {len(names)} entries for {len(self)} queries")
+
+        def doc(g: int) -> Any:
+            return int(g) if documents is None else documents[int(g)]
+
+        pos_scores = [] if self.target_score is None else self.target_score.tolist()
+        neg_scores = [] if self.scores is None else self.scores.tolist()
+        columns: dict[str, list[Any]] = {"anchor": [], "positive": []}
+        bounds = self.indptr.tolist()
+        if format == "triplet":
+            columns["negative"] = []
+            if scores:
+                columns["scores"] = []
+            for i, name in enumerate(names):
+                for j in range(bounds[i], bounds[i + 1]):
+                    columns["anchor"].append(name)
+                    columns["positive"].append(doc(targets[i]))
+                    columns["negative"].append(doc(self.indices[j]))
+                    if scores:
+                        columns["scores"].append([pos_scores[i], neg_scores[j]])
+        elif format == "n-tuple":
+            n = int(self.sizes.max(initial=0)) if num_negatives is None else num_negatives
+            n = check_int(n, "num_negatives", 1)
+            for k in range(1, n + 1):
+                columns[f"negative_{k}"] = []
+            if scores:
+                columns["scores"] = []
+            for i, name in enumerate(names):
+                if bounds[i + 1] - bounds[i] < n:
+                    continue
+                columns["anchor"].append(name)
+                columns["positive"].append(doc(targets[i]))
+                for k in range(n):
+                    columns[f"negative_{k + 1}"].append(doc(self.indices[bounds[i] + k]))
+                if scores:
+                    columns["scores"].append(
+                        [pos_scores[i], *neg_scores[bounds[i] : bounds[i] + n]]
+                    )
+        elif format == "labeled-pair":
+            label = "score" if scores else "label"
+            columns[label] = []
+            for i, name in enumerate(names):
+                rows = [(targets[i], pos_scores[i] if scores else 1)]
+                rows += [
+                    (self.indices[j], neg_scores[j] if scores else 0)
+                    for j in range(bounds[i], bounds[i + 1])
+                ]
+                for g, value in rows:
+                    columns["anchor"].append(name)
+                    columns["positive"].append(doc(g))
+                    columns[label].append(value)
+        else:  # labeled-list
+            label = "scores" if scores else "labels"
+            columns[label] = []
+            for i, name in enumerate(names):
+                if bounds[i + 1] == bounds[i]:
+                    continue
+                band = range(bounds[i], bounds[i + 1])
+                columns["anchor"].append(name)
+                columns["positive"].append([doc(targets[i]), *(doc(self.indices[j]) for j in band)])
+                columns[label].append(
+                    [pos_scores[i], *(neg_scores[j] for j in band)]
+                    if scores
+                    else [1, *([0] * len(band))]
+                )
+        if not as_dataset:
+            return columns
+        try:
+            from datasets import Dataset
+        except ImportError:
+            raise ImportError(
+                "as_dataset=True needs the datasets package: pip install datasets"
+            ) from None
+        return Dataset.from_dict(columns)
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the bands (and what else is known of them) to a ``.npz`` file."""
         extra: dict[str, np.ndarray] = {}
@@ -352,6 +512,27 @@ def _read_npy(member: Any, size: int, key: str) -> np.ndarray:
     if len(data) != nbytes:
         raise ValueError(f"array {key!r} is truncated ({len(data)} of {nbytes} bytes)")
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _describe(values: np.ndarray) -> dict[str, float]:
+    """Count, mean, std, min, quartiles and max of ``values`` (NaN when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not v.size:
+        return {
+            "count": 0.0,
+            **dict.fromkeys(("mean", "std", "min", "25%", "50%", "75%", "max"), math.nan),
+        }
+    q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+    return {
+        "count": float(v.size),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "25%": float(q25),
+        "50%": float(q50),
+        "75%": float(q75),
+        "max": float(v.max()),
+    }
 
 
 def _as_float32(array: np.ndarray, key: str) -> np.ndarray:
