@@ -148,7 +148,8 @@ def test_training_logs(demo):
 def test_printed_table_progress_and_verdict(demo):
     _, report, printed = demo
     assert TABLE_HEADER in printed
-    assert "run 1/10" in printed and "run 10/10" in printed and "s left" in printed
+    runs = 2 * len(DEMO_ARMS)  # two seeds
+    assert f"run 1/{runs}" in printed and f"run {runs}/{runs}" in printed and "s left" in printed
     for line in report["verdict"]:
         assert line in printed
 

@@ -12,6 +12,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qure
 from qure import HardNegatives
@@ -389,3 +391,52 @@ def test_bad_input():
     # The largest seed is fine.
     assert int(NegativeSampler(negatives, seed=2**64 - 1).sample(1, 0)) == 3
     assert int(NegativeSampler(negatives, seed=np.uint64(2**64 - 1)).sample(1, 0)) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# several negatives per query per epoch
+
+
+@settings(deadline=None, database=None, max_examples=150)
+@given(
+    st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    st.integers(1, 6),
+    st.integers(0, 40),
+    st.integers(0, 2**32),
+)
+def test_k_draws_are_distinct_band_items_without_repeats_per_cycle(sizes, k, epoch, seed):
+    bands = [np.arange(100 * q, 100 * q + m, dtype=np.int64) for q, m in enumerate(sizes)]
+    negatives = HardNegatives.from_bands(bands)
+    sampler = NegativeSampler(negatives, seed=seed)
+    queries = np.arange(len(sizes))
+    drawn = sampler.sample(queries, epoch, k=k)
+    if k == 1:
+        assert drawn.shape == (len(sizes),)
+        drawn = drawn[:, None]
+    assert drawn.shape == (len(sizes), k)
+    for q, m in enumerate(sizes):
+        row = drawn[q]
+        got = row[row >= 0]
+        assert len(got) == min(k, m)
+        assert len(set(got.tolist())) == len(got)
+        assert set(got.tolist()) <= set(bands[q].tolist())
+        if 1 < k < m:  # the epochs sharing a permutation never repeat an item
+            per_cycle = m // k
+            first = epoch - epoch % per_cycle
+            used = np.concatenate(
+                [sampler.sample([q], e, k=k)[0] for e in range(first, first + per_cycle)]
+            )
+            assert len(set(used.tolist())) == per_cycle * k
+    if k == 1:
+        np.testing.assert_array_equal(drawn[:, 0], sampler.sample(queries, epoch))
+    np.testing.assert_array_equal(
+        sampler.sample(queries, epoch, k=k).reshape(len(sizes), -1), drawn
+    )
+
+
+def test_k_must_be_positive():
+    sampler = NegativeSampler(HardNegatives.from_bands([[1, 2]]))
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        sampler.sample([0], 0, k=0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        sampler.sample([0], 0, k=1.5)

@@ -14,6 +14,7 @@ __all__ = [
     "mine_negatives",
     "mine_tails",
     "sample_negatives",
+    "sample_negatives_k",
     "score",
     "set_num_threads",
     "simd_kernel",
@@ -161,3 +162,11 @@ def mine_tails(
     npt.NDArray[np.float32],
     dict[str, int],
 ]: ...
+def sample_negatives_k(
+    indptr: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int64],
+    seed: int,
+    queries: npt.NDArray[np.int64],
+    epoch: int,
+    k: int,
+) -> npt.NDArray[np.int64]: ...

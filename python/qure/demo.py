@@ -81,7 +81,7 @@ CAVEAT = (
 
 ENCODE_BATCH = 256  # on one CPU thread, 256 images a batch encode about 1.3x faster than 512
 
-DEMO_ARMS = ("qure", "qure-tail", "contrastive", "topk", "random")
+DEMO_ARMS = ("qure", "qure-tail", "contrastive", "topk", "percpos", "random")
 EXPERIMENTS: dict[str, tuple[str, ...]] = {
     "demo": DEMO_ARMS,
     # Do false negatives cost anything here? top-k with every false negative removed vs top-k.
@@ -107,7 +107,9 @@ class Arm:
 
 def parse_arm(name: str) -> Arm:
     """``qure`` (window ``DEFAULT_MAX_RANK``), ``qure-tail`` (whole tail, as released),
-    ``qure-w<M>`` (window M), ``contrastive``, ``topk``, ``topk-oracle`` or ``random``."""
+    ``qure-w<M>`` (window M), ``contrastive``, ``topk``, ``percpos`` (NV-Retriever's
+    TopK-PercPos: 4 of the first 10 items scoring at most 95% of the target), ``topk-oracle`` or
+    ``random``."""
     if name == "qure":
         return Arm(name, "qure", DEFAULT_MAX_RANK)
     if name == "qure-tail":
@@ -115,13 +117,13 @@ def parse_arm(name: str) -> Arm:
     match = re.fullmatch(r"qure-w([1-9][0-9]*)", name)
     if match:
         return Arm(name, "qure", int(match.group(1)))
-    if name in ("contrastive", "topk", "random"):
+    if name in ("contrastive", "topk", "percpos", "random"):
         return Arm(name, name)
     if name == "topk-oracle":
         return Arm(name, "topk", oracle=True)
     raise ValueError(
-        f"unknown arm {name!r}: use qure, qure-tail, qure-w<M>, contrastive, topk, topk-oracle "
-        "or random"
+        f"unknown arm {name!r}: use qure, qure-tail, qure-w<M>, contrastive, topk, percpos, "
+        "topk-oracle or random"
     )
 
 
@@ -223,10 +225,11 @@ def used_false_negative_rate(
                 hits += int((grades[off] >= SAME_DESIGN).sum())
                 total += int(off.sum())
     else:
-        for negatives in drawn:
-            grades = relevance[np.arange(len(negatives)), negatives]
+        for negatives in drawn:  # (Q,) or (Q, K)
+            per_query = negatives.reshape(len(negatives), -1)
+            grades = relevance[np.arange(len(per_query))[:, None], per_query]
             hits += int((grades >= SAME_DESIGN).sum())
-            total += len(negatives)
+            total += per_query.size
     return 100.0 * hits / total if total else math.nan
 
 

@@ -1,4 +1,4 @@
-"""Drawing one hard negative per query per epoch from mined bands."""
+"""Drawing hard negatives per query per epoch from mined bands."""
 
 from __future__ import annotations
 
@@ -36,10 +36,22 @@ class NegativeSampler:
     def __repr__(self) -> str:
         return f"NegativeSampler(queries={len(self)}, seed={self.seed})"
 
-    def sample(self, query_idx: Any, epoch: int) -> np.ndarray:
-        """One negative (gallery index, int64) per query in ``query_idx``; -1 for empty bands."""
+    def sample(self, query_idx: Any, epoch: int, k: int = 1) -> np.ndarray:
+        """Negatives (gallery indices, int64) for the queries in ``query_idx`` at ``epoch``.
+
+        ``k = 1``: one per query, ``(len,)`` (a scalar for a scalar ``query_idx``); -1 for an
+        empty band. ``k > 1``: ``(len, k)``, ``k`` distinct items of each band (padded with -1
+        when the band is smaller): each permutation of a band of ``m`` serves ``m // k``
+        epochs with fresh items, so nothing repeats until fewer than ``k`` are left unused.
+        """
         epoch = check_int(epoch, "epoch", 0, 2**64 - 1)
+        k = check_int(k, "k", 1, 2**31 - 1)
         scalar = np.ndim(query_idx) == 0
         queries = as_index_vector(np.atleast_1d(np.asarray(query_idx)), "query_idx")
-        drawn = _core.sample_negatives(self._indptr, self._indices, self.seed, queries, epoch)
+        if k > 1:
+            drawn = _core.sample_negatives_k(
+                self._indptr, self._indices, self.seed, queries, epoch, k
+            )
+        else:
+            drawn = _core.sample_negatives(self._indptr, self._indices, self.seed, queries, epoch)
         return drawn[0] if scalar else drawn

@@ -492,6 +492,29 @@ fn sample_negatives<'py>(
     Ok(drawn.into_pyarray(py))
 }
 
+/// `k` distinct negatives per query from its band, `(len(queries), k)` (-1 past a short band),
+/// a pure function of `(seed, query, epoch)`.
+#[pyfunction]
+fn sample_negatives_k<'py>(
+    py: Python<'py>,
+    indptr: PyReadonlyArray1<'py, i64>,
+    indices: PyReadonlyArray1<'py, i64>,
+    seed: u64,
+    queries: PyReadonlyArray1<'py, i64>,
+    epoch: u64,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let bands = CsrRef {
+        indptr: contiguous(&indptr, "indptr")?,
+        indices: contiguous(&indices, "indices")?,
+    };
+    let queries = contiguous(&queries, "query_idx")?;
+    let rows = queries.len();
+    let drawn =
+        py.detach(|| crate::sampler::sample_k(bands, seed, queries, epoch, k)).map_err(to_py)?;
+    drawn.into_pyarray(py).reshape([rows, k])
+}
+
 /// The SIMD kernel scoring uses: "avx512", "avx2" or "portable".
 #[pyfunction]
 fn simd_kernel() -> &'static str {
@@ -519,6 +542,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(target_rank, m)?)?;
     m.add_function(wrap_pyfunction!(simd_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(sample_negatives, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_negatives_k, m)?)?;
     m.add_function(wrap_pyfunction!(fma_peak_gflops, m)?)?;
     m.add_function(wrap_pyfunction!(tail_candidates, m)?)?;
     m.add_function(wrap_pyfunction!(mine_tails, m)?)?;

@@ -74,6 +74,69 @@ pub fn permuted(n: u64, key: u64, position: u64) -> Result<u64> {
     unreachable!("the loop returns at i == position")
 }
 
+/// Positions `start .. start + count` of the permutation of [`permuted`] (`start + count <= n`),
+/// in one lazy Fisher-Yates pass.
+pub fn permuted_range(n: u64, key: u64, start: u64, count: u64) -> Result<Vec<u64>> {
+    let end = start.checked_add(count).filter(|&e| e <= n).ok_or_else(|| {
+        QureError::invalid(format!("positions {start}..{start}+{count} are outside 0..{n}"))
+    })?;
+    let mut out = Vec::new();
+    let wanted =
+        usize::try_from(count).map_err(|_| out_of_memory::<u64>("draws", &[usize::MAX]))?;
+    out.try_reserve_exact(wanted).map_err(|_| out_of_memory::<u64>("draws", &[wanted]))?;
+    if count == 0 {
+        return Ok(out);
+    }
+    let mut rng = Stream(key);
+    let mut swaps: HashMap<u64, u64> = HashMap::new();
+    let entries = usize::try_from(end).ok().and_then(|p| p.checked_mul(2));
+    let oom = || out_of_memory::<(u64, u64)>("sampler state", &[entries.unwrap_or(usize::MAX)]);
+    swaps.try_reserve(entries.ok_or_else(oom)?).map_err(|_| oom())?;
+    for i in 0..end {
+        let j = i + rng.below(n - i);
+        let vi = swaps.get(&i).copied().unwrap_or(i);
+        let vj = swaps.get(&j).copied().unwrap_or(j);
+        if i >= start {
+            out.push(vj);
+        }
+        swaps.insert(i, vj);
+        swaps.insert(j, vi);
+    }
+    Ok(out)
+}
+
+/// `k` distinct negatives for `query` at `epoch` (fewer, padded with -1, when the band holds
+/// fewer than `k`). Each permutation of the band serves `m div k` epochs, `k` fresh items each,
+/// so nothing repeats until fewer than `k` unused items are left; then a new permutation
+/// starts. With `k = 1` this is [`sample_one`].
+pub fn sample_k_one(
+    bands: CsrRef<'_>,
+    seed: u64,
+    query: usize,
+    epoch: u64,
+    k: usize,
+    out: &mut [i64],
+) -> Result<()> {
+    let band = bands.row(query);
+    let m = band.len() as u64;
+    out.fill(-1);
+    if m == 0 {
+        return Ok(());
+    }
+    let k64 = k as u64;
+    let (cycle, start, count) = if k64 >= m {
+        (epoch, 0, m)
+    } else {
+        let per_cycle = m / k64;
+        (epoch / per_cycle, (epoch % per_cycle) * k64, k64)
+    };
+    let drawn = permuted_range(m, key(seed, query as u64, cycle), start, count)?;
+    for (slot, position) in out.iter_mut().zip(drawn) {
+        *slot = band[position as usize];
+    }
+    Ok(())
+}
+
 /// The negative drawn for `query` at `epoch`, or -1 when its band is empty.
 pub fn sample_one(bands: CsrRef<'_>, seed: u64, query: usize, epoch: u64) -> Result<i64> {
     let band = bands.row(query);
@@ -84,8 +147,32 @@ pub fn sample_one(bands: CsrRef<'_>, seed: u64, query: usize, epoch: u64) -> Res
     Ok(band[permuted(m, key(seed, query as u64, epoch / m), epoch % m)? as usize])
 }
 
-/// One draw per entry of `queries` (see the module docs).
-pub fn sample(bands: CsrRef<'_>, seed: u64, queries: &[i64], epoch: u64) -> Result<Vec<i64>> {
+/// `k` draws per entry of `queries`, row-major `(len, k)` (see [`sample_k_one`]).
+pub fn sample_k(
+    bands: CsrRef<'_>,
+    seed: u64,
+    queries: &[i64],
+    epoch: u64,
+    k: usize,
+) -> Result<Vec<i64>> {
+    if k == 0 {
+        return Err(QureError::invalid("k must be at least 1"));
+    }
+    check_bands(bands, queries)?;
+    let total = queries
+        .len()
+        .checked_mul(k)
+        .ok_or_else(|| out_of_memory::<i64>("draws", &[queries.len(), k]))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).map_err(|_| out_of_memory::<i64>("draws", &[queries.len(), k]))?;
+    out.resize(total, -1);
+    for (row, &q) in out.chunks_exact_mut(k).zip(queries) {
+        sample_k_one(bands, seed, q as usize, epoch, k, row)?;
+    }
+    Ok(out)
+}
+
+fn check_bands(bands: CsrRef<'_>, queries: &[i64]) -> Result<()> {
     let n = bands.indptr.len().saturating_sub(1);
     if bands.indptr.first() != Some(&0)
         || bands.indptr.last().copied() != Some(bands.indices.len() as i64)
@@ -96,6 +183,12 @@ pub fn sample(bands: CsrRef<'_>, seed: u64, queries: &[i64], epoch: u64) -> Resu
     if let Some(&q) = queries.iter().find(|&&q| q < 0 || q as u64 >= n as u64) {
         return Err(QureError::invalid(format!("query {q} is out of range for {n} queries")));
     }
+    Ok(())
+}
+
+/// One draw per entry of `queries` (see the module docs).
+pub fn sample(bands: CsrRef<'_>, seed: u64, queries: &[i64], epoch: u64) -> Result<Vec<i64>> {
+    check_bands(bands, queries)?;
     // Draw once per distinct query (a draw costs up to the band size), in query order.
     let mut order: Vec<usize> = (0..queries.len()).collect();
     order.sort_unstable_by_key(|&i| queries[i]);
@@ -166,6 +259,46 @@ mod tests {
         let expected = 2000.0;
         let chi2: f64 = counts.iter().map(|&c| (f64::from(c) - expected).powi(2) / expected).sum();
         assert!(chi2 < 27.9, "{counts:?} chi2={chi2}");
+    }
+
+    #[test]
+    fn k_draws_are_distinct_and_extend_single_draws() {
+        let indptr = [0i64, 7, 7, 9];
+        let indices: Vec<i64> = (100..109).collect();
+        let bands = CsrRef { indptr: &indptr, indices: &indices };
+        for epoch in 0..20u64 {
+            // k = 1 is the single draw.
+            for q in 0..3 {
+                let mut one = [0i64];
+                sample_k_one(bands, 3, q, epoch, 1, &mut one).unwrap();
+                assert_eq!(one[0], sample_one(bands, 3, q, epoch).unwrap());
+            }
+            // k = 3 of 7: three distinct band items per epoch; two epochs per permutation use
+            // six distinct items.
+            let mut row = [0i64; 3];
+            sample_k_one(bands, 3, 0, epoch, 3, &mut row).unwrap();
+            let mut sorted = row.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3);
+            assert!(row.iter().all(|x| bands.row(0).contains(x)));
+            if epoch % 2 == 0 {
+                let mut next = [0i64; 3];
+                sample_k_one(bands, 3, 0, epoch + 1, 3, &mut next).unwrap();
+                assert!(next.iter().all(|x| !row.contains(x)), "no repeats within a permutation");
+            }
+            // More than the band: the whole band, then -1.
+            let mut wide = [0i64; 4];
+            sample_k_one(bands, 3, 2, epoch, 4, &mut wide).unwrap();
+            assert_eq!(wide[2..], [-1, -1]);
+            let mut both = wide[..2].to_vec();
+            both.sort_unstable();
+            assert_eq!(both, vec![107, 108]);
+        }
+        assert!(sample_k(bands, 3, &[0], 0, 0).is_err());
+        assert_eq!(sample_k(bands, 3, &[1], 0, 2).unwrap(), vec![-1, -1]);
+        assert_eq!(permuted_range(5, 9, 1, 3).unwrap()[0], permuted(5, 9, 1).unwrap());
+        assert!(permuted_range(5, 9, 4, 2).is_err());
     }
 
     #[test]

@@ -9,9 +9,9 @@ from ..mining import PAIRINGS
 
 __all__ = ["METHODS", "MINED_METHODS", "TrainConfig"]
 
-METHODS = ("qure", "contrastive", "topk", "random")
+METHODS = ("qure", "contrastive", "topk", "percpos", "random")
 """Training methods: QuRe, and the baselines QuRe is compared with."""
-MINED_METHODS = ("qure", "topk")
+MINED_METHODS = ("qure", "topk", "percpos")
 """Methods whose negatives are mined from the model's own ranking (re-mined during training)."""
 
 
@@ -23,7 +23,10 @@ class TrainConfig:
     method: str = "qure"
     """``"qure"``: reward loss against negatives drawn from the two-steep-drop band;
     ``"contrastive"``: in-batch InfoNCE; ``"topk"``: reward loss against negatives drawn from
-    the ``topk_k`` best-scored non-targets; ``"random"``: reward loss against uniform negatives."""
+    the ``topk_k`` best-scored non-targets; ``"percpos"``: NV-Retriever's TopK-PercPos (arXiv
+    2407.15831), reward loss against negatives drawn from the first ``percpos_candidates``
+    items scoring at most ``(1 - percpos_relative_margin)`` of the target's score (sign-safe);
+    ``"random"``: reward loss against uniform negatives."""
     epochs: int = 12
     """Training epochs."""
     lr: float = 1e-3
@@ -38,6 +41,16 @@ class TrainConfig:
     every epoch)."""
     topk_k: int = 10
     """``"topk"``: how many of the best-scored non-targets form each query's band."""
+    percpos_relative_margin: float = 0.05
+    """``"percpos"``: candidates must score at most ``r - |r| * margin``, ``r`` the target's
+    score (NV-Retriever's best: perc 0.95, i.e. 0.05)."""
+    percpos_candidates: int = 10
+    """``"percpos"``: how many of the best surviving candidates form each query's band (10 in
+    NV-Retriever)."""
+    negatives_per_query: int | None = None
+    """Negatives per query per step for reward methods, drawn without repeats from the band
+    (the ``(B, K)`` reward loss, a softmax over the target and ``K`` negatives). ``None``: 4
+    for ``"percpos"`` (NV-Retriever's 4 of the top 10), 1 otherwise (QuRe's paper setting)."""
     consecutive_threshold: int = 1
     """``"qure"``: the two drops must be more than this many positions apart."""
     pairing: str = "consecutive"
@@ -68,8 +81,21 @@ class TrainConfig:
     def validate(self) -> None:
         """Raises ``ValueError`` (``TypeError`` for a non-integer count) naming a bad field."""
         check_choice(self.method, "method", METHODS)
-        for name in ("epochs", "batch_size", "n_def", "topk_k", "encode_batch"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "n_def",
+            "topk_k",
+            "encode_batch",
+            "percpos_candidates",
+        ):
             check_int(getattr(self, name), name, 1)
+        if self.negatives_per_query is not None:
+            check_int(self.negatives_per_query, "negatives_per_query", 1)
+        if not 0 <= self.percpos_relative_margin < 1:
+            raise ValueError(
+                f"percpos_relative_margin must be in [0, 1), got {self.percpos_relative_margin}"
+            )
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay non-negative")
         check_int(self.consecutive_threshold, "consecutive_threshold", 0)
@@ -88,6 +114,13 @@ class TrainConfig:
     def mining_period(self) -> int:
         """Epochs of random warm-up, and epochs between re-minings."""
         return max(1, self.epochs // self.n_def)
+
+    @property
+    def negatives_k(self) -> int:
+        """Negatives per query per step (``negatives_per_query`` resolved)."""
+        if self.negatives_per_query is not None:
+            return self.negatives_per_query
+        return 4 if self.method == "percpos" else 1
 
     @property
     def reward(self) -> bool:

@@ -35,7 +35,7 @@ class TrainResult:
     """What :func:`train` leaves: per-epoch log records, the last mined negatives, and for the
     epochs this call ran the batch order (``orders[e]``, (Q,) query indices; batches are its
     consecutive ``batch_size`` slices) and, for reward methods, the negative each query's loss
-    used (``drawn[e]``, (Q,) pool indices)."""
+    used (``drawn[e]``, (Q,) pool indices, or (Q, K) with ``K`` negatives per query)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     negatives: HardNegatives | None = None
@@ -159,7 +159,7 @@ class Trainer:
             targets = load_images(data.images, data.target[idx], device)
             negs = None
             if negatives is not None:
-                negs = load_images(data.images, negatives[idx], device)
+                negs = load_images(data.images, negatives[idx].reshape(-1), device)
             with torch.autocast(device.type, enabled=self.use_amp):
                 loss = self.batch_loss(ref, text, targets, negs, weight, counts, part.start)
             self.optimizer.zero_grad(set_to_none=True)

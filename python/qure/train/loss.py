@@ -68,7 +68,8 @@ class BatchLoss(nn.Module):
     (1 / b) * sum_i grad l_i``, the gradient of the one-process mean over the global batch, for
     any (even uneven or empty) slices. A rank with an empty slice runs one item with weight 0.
 
-    Reward methods: :func:`qure.torch.reward_loss`, one negative per query. Contrastive:
+    Reward methods: :func:`qure.torch.reward_loss`, against one negative per query, or ``K``
+    (``negatives`` then holds ``B * K`` images, query-major: the ``(B, K)`` loss). Contrastive:
     :func:`qure.torch.info_nce` over the *global* batch: target embeddings are gathered from all
     ranks with gradient (``counts`` rows per rank), each query scores against all ``b`` targets
     and its positive is at ``offset + i``, so two ranks compute the same loss and gradient as
@@ -97,10 +98,14 @@ class BatchLoss(nn.Module):
             if negatives is None:
                 raise ValueError("reward methods need negatives")
             negative_tokens = model.encode_images(negatives)  # before scoring: a fixed graph order
+            k = negative_tokens.shape[0] // max(queries.shape[0], 1)
+            if k <= 1:
+                negative_scores = paired_scores(queries, negative_tokens)
+            else:  # K negatives per query, query-major: (B * K, T, d) -> (B, K)
+                grouped = negative_tokens.reshape(queries.shape[0], k, *negative_tokens.shape[1:])
+                negative_scores = torch.einsum("bd,bktd->bkt", queries, grouped).amax(dim=-1)
             loss = reward_loss(
-                paired_scores(queries, target_tokens),
-                paired_scores(queries, negative_tokens),
-                model.temperature,
+                paired_scores(queries, target_tokens), negative_scores, model.temperature
             )
         else:
             everyone = all_gather_with_grad(target_tokens, counts)

@@ -24,9 +24,12 @@ def random_negatives(
     seed: int,
     epoch: int,
     positives: list[np.ndarray] | None = None,
+    slot: int = 0,
 ) -> np.ndarray:
-    """One uniform draw per query from the pool minus its target (and its known positives)."""
-    rng = np.random.default_rng([seed, epoch, 0x52414E44])
+    """One uniform draw per query from the pool minus its target (and its known positives);
+    ``slot`` numbers independent draws of the same epoch."""
+    stream = [seed, epoch, 0x52414E44] if slot == 0 else [seed, epoch, 0x52414E44, slot]
+    rng = np.random.default_rng(stream)
     draw = rng.integers(0, n_pool - 1, size=len(target))
     draw = draw + (draw >= target)
     if positives is None:
@@ -60,6 +63,17 @@ def _mine_pool(
             consecutive_threshold=config.consecutive_threshold,
             pairing=config.pairing,
             max_rank=config.max_rank,
+            positives=positives,
+            gallery_ids=gallery_ids,
+        )
+    if config.method == "percpos":
+        return mine_from_features(
+            queries,
+            tokens,
+            target,
+            strategy="topk",
+            relative_margin=config.percpos_relative_margin,
+            num_negatives=config.percpos_candidates,
             positives=positives,
             gallery_ids=gallery_ids,
         )
@@ -157,13 +171,24 @@ def mine_split(
 def epoch_negatives(
     data: CIRTrainData, config: TrainConfig, negatives: HardNegatives | None, epoch: int
 ) -> tuple[np.ndarray, int]:
-    """``(negative per query, fallbacks)`` for ``epoch``: a draw from each query's band
-    (:class:`~qure.NegativeSampler`, a pure function of seed, query and epoch) for mined methods
-    once bands exist, else a uniform random negative; empty bands fall back to random ones
-    (``fallbacks`` counts them)."""
-    fallback = random_negatives(data.gallery_size, data.target, config.seed, epoch, data.positives)
+    """``(negatives, fallbacks)`` for ``epoch``: ``(Q,)`` (one per query) or ``(Q, K)`` for
+    ``K = config.negatives_k > 1``. Mined methods draw from each query's band once bands exist
+    (:class:`~qure.NegativeSampler`, a pure function of seed, query and epoch; ``K`` distinct
+    ones); other draws, and slots a short or empty band leaves, are uniform random negatives
+    (``fallbacks`` counts those slots)."""
+    k = config.negatives_k
+    n_pool = data.gallery_size
+    fallback = np.stack(
+        [
+            random_negatives(n_pool, data.target, config.seed, epoch, data.positives, slot=j)
+            for j in range(k)
+        ],
+        axis=1,
+    )
     if negatives is None or config.method not in MINED_METHODS:
-        return fallback, 0
-    drawn = NegativeSampler(negatives, seed=config.seed).sample(np.arange(len(data)), epoch)
+        return (fallback[:, 0] if k == 1 else fallback), 0
+    sampler = NegativeSampler(negatives, seed=config.seed)
+    drawn = sampler.sample(np.arange(len(data)), epoch, k=k).reshape(len(data), k)
     empty = drawn < 0
-    return np.where(empty, fallback, drawn), int(empty.sum())
+    chosen = np.where(empty, fallback, drawn)
+    return (chosen[:, 0] if k == 1 else chosen), int(empty.sum())
