@@ -58,15 +58,25 @@ def _cmd_mine(args: argparse.Namespace) -> int:
             f"noise={args.noise}, seed={args.seed}"
         )
     start = time.perf_counter()
-    negatives = mine_negatives(
-        scores,
-        targets,
-        consecutive_threshold=args.threshold,
-        pairing=args.pairing,
-        max_rank=args.max_rank,
-    )
+    try:
+        negatives = mine_negatives(
+            scores,
+            targets,
+            consecutive_threshold=args.threshold,
+            pairing=args.pairing,
+            max_rank=args.max_rank,
+            strategy=args.strategy,
+            margin=args.margin,
+            relative_margin=args.relative_margin,
+            num_negatives=args.num_negatives,
+            sampling=args.sampling,
+        )
+    except (ValueError, TypeError) as exc:
+        print(f"qure mine: {exc}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - start
     _print_summary(source, negatives, elapsed)
+    print(negatives.format_stats())
     if args.out:
         negatives.save(args.out)
         size = Path(args.out if str(args.out).endswith(".npz") else f"{args.out}.npz").stat()
@@ -211,6 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="look for the two drops among the first N items after the target (None: the whole "
         "tail, the released rule)",
+    )
+    mine.add_argument(
+        "--strategy",
+        choices=["band", "topk", "window"],
+        default="band",
+        help="candidates: QuRe's band, the top of the ranking, or a window after the target",
+    )
+    mine.add_argument("--margin", type=float, default=None, help="remove s + m > target score")
+    mine.add_argument(
+        "--relative-margin",
+        type=float,
+        default=None,
+        help="remove s > r - |r| * m (0.05: NV-Retriever's TopK-PercPos)",
+    )
+    mine.add_argument(
+        "--num-negatives", type=int, default=None, help="keep this many per query (None: all)"
+    )
+    mine.add_argument(
+        "--sampling", choices=["top", "random", "simans"], default="top", help="which ones to keep"
     )
     mine.add_argument("--threads", type=int, default=None, help="qure's threads (None: all cores)")
     mine.add_argument("--out", help="write the bands to this .npz file")
