@@ -98,6 +98,12 @@ def mining_cases():
     cases.append(("max_rank_positives", q, g, t, {"max_rank": 6, "positives": positives}, 3))
     cases.append(("max_rank_ties", qc, gc, tc, {"max_rank": 7, "block_size": 4}, None))
     cases.append(("max_rank_long", q, g, t, {"max_rank": 500}, None))  # longer than any tail
+    # Other miners: a filtered window after the target from merged candidates, and SimANS top-k
+    # after gathering.
+    window = {"miner": "window", "rank_range": (1, 12), "relative_margin": 0.1, "num_negatives": 3}
+    cases.append(("window_filters", q, g, t, {"max_rank": 15, **window, **both}, 20))
+    simans = {"miner": "topk", "num_negatives": 5, "sampling": "simans", "simans": (3.0, 0.0)}
+    cases.append(("topk_simans", q, g, t, {"strategy": "gather", "seed": 2, **simans}, None))
     return cases
 
 
@@ -215,13 +221,15 @@ def one_torch_thread():
 @pytest.mark.parametrize("case", [c[0] for c in mining_cases()])
 def test_sharded_mining_equals_one_process(launched, case):
     _, q, g, t, kwargs, _ = next(c for c in mining_cases() if c[0] == case)
-    kwargs = {k: v for k, v in kwargs.items() if k != "strategy"}
+    kwargs = {("strategy" if k == "miner" else k): v for k, v in kwargs.items() if k != "strategy"}
     expected = qure.mine_from_features(q, g, t, **kwargs)
     assert expected.indices.size > 0 or case == "one_query"
     for r in range(WORLD):
         got = HardNegatives.load(launched / f"mine_{case}_rank{r}.npz")
-        for field in ("indptr", "indices", "target_rank", "drops", "tail_length"):
+        for field in ("indptr", "indices", "target_rank", "drops", "tail_length", "scores"):
             np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), field)
+        np.testing.assert_array_equal(got.target_score, expected.target_score)
+        assert got.removed == expected.removed
         assert got == expected
 
 

@@ -239,3 +239,16 @@ def test_bad_settings(kwargs, error, match):
     scores = np.zeros((2, 5), np.float32)
     with pytest.raises(error, match=match):
         mine_negatives(scores, [0, 1], **kwargs)
+
+
+def test_a_split_query_set_draws_what_the_whole_set_draws():
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((9, 50)).astype(np.float32)
+    targets = rng.integers(0, 50, 9)
+    kwargs = {"strategy": "topk", "num_negatives": 3, "sampling": "random", "seed": 5}
+    whole = mine_negatives(scores, targets, **kwargs)
+    tail = mine_negatives(scores[4:], targets[4:], first_query=4, **kwargs)
+    for i in range(5):
+        assert tail[i].tolist() == whole[4 + i].tolist()
+    shifted = mine_negatives(scores[4:], targets[4:], **kwargs)
+    assert any(shifted[i].tolist() != whole[4 + i].tolist() for i in range(5))

@@ -46,6 +46,7 @@ def mine_negatives(
     simans_a: float = 1.0,
     simans_b: float = 0.0,
     seed: int = 0,
+    first_query: int = 0,
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -82,6 +83,7 @@ def mine_from_features(
     simans_a: float = 1.0,
     simans_b: float = 0.0,
     seed: int = 0,
+    first_query: int = 0,
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -153,6 +155,7 @@ def mine_tails(
     simans_a: float = 1.0,
     simans_b: float = 0.0,
     seed: int = 0,
+    first_query: int = 0,
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],

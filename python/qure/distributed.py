@@ -213,7 +213,7 @@ def gather_hard_negatives(local: HardNegatives) -> HardNegatives:
         raise TypeError(f"expected HardNegatives, got {type(local).__name__}")
     if not is_distributed():
         return local
-    # Every rank mined with the same code, so either all or none know their tail lengths.
+    # Every rank mined with the same code, so either all or none know each optional field.
     tails = local.tail_length if local.tail_length is not None else np.full(len(local), -1)
     meta = np.concatenate(
         [local.sizes[:, None], local.target_rank[:, None], local.drops, tails[:, None]], axis=1
@@ -221,12 +221,23 @@ def gather_hard_negatives(local: HardNegatives) -> HardNegatives:
     meta = all_gather_array(meta)
     indices = all_gather_array(local.indices.astype(np.int64))
     sizes = meta[:, 0]
+    scores = target_score = removed = None
+    if local.scores is not None and local.target_score is not None:
+        scores = all_gather_array(local.scores.astype(np.float32))
+        target_score = all_gather_array(local.target_score.astype(np.float32))
+    if local.removed is not None:
+        keys = sorted(local.removed)
+        counts = all_gather_array(np.array([[local.removed[k] for k in keys]], dtype=np.int64))
+        removed = dict(zip(keys, counts.sum(axis=0).tolist()))
     return HardNegatives(
         indptr=indptr_from_sizes(sizes),
         indices=indices,
         target_rank=np.ascontiguousarray(meta[:, 1]),
         drops=np.ascontiguousarray(meta[:, 2:4]),
         tail_length=None if local.tail_length is None else np.ascontiguousarray(meta[:, 4]),
+        scores=scores,
+        target_score=target_score,
+        removed=removed,
     )
 
 

@@ -615,6 +615,7 @@ class MiningArguments:
     sampling: str = "top"
     simans: tuple[float, float] = (1.0, 0.0)
     seed: int = 0
+    first_query: int = 0
 
     @classmethod
     def check(
@@ -638,6 +639,7 @@ class MiningArguments:
         sampling: Any = "top",
         simans: Any = (1.0, 0.0),
         seed: Any = 0,
+        first_query: Any = 0,
     ) -> MiningArguments:
         threshold = check_int(consecutive_threshold, "consecutive_threshold", 0, clamp=True)
         check_choice(pairing, "pairing", PAIRINGS)
@@ -689,6 +691,7 @@ class MiningArguments:
             sampling=sampling,
             simans=(a, b),
             seed=check_int(seed, "seed", 0, 2**64 - 1),
+            first_query=check_int(first_query, "first_query", 0, 2**63 - 1),
         )
 
     def native(self) -> dict[str, Any]:
@@ -713,6 +716,7 @@ class MiningArguments:
             "simans_a": self.simans[0],
             "simans_b": self.simans[1],
             "seed": self.seed,
+            "first_query": self.first_query,
         }
 
     def negatives(self, mined: tuple[Any, ...], n_gallery: int) -> HardNegatives:
@@ -756,6 +760,9 @@ STRATEGY_DOC = """
             the query.
         simans: SimANS's ``(a, b)``.
         seed: seeds ``"random"`` and ``"simans"``.
+        first_query: the global index of the first row, when these queries are part of a
+            larger set (random choices are keyed by the global query index, so a split set
+            draws what the whole set would).
 """
 
 
@@ -779,6 +786,7 @@ def mine_negatives(
     sampling: Sampling = "top",
     simans: tuple[float, float] = (1.0, 0.0),
     seed: int = 0,
+    first_query: int = 0,
 ) -> HardNegatives:
     """Mines each query's hard negatives: by default the band between the two steepest score
     drops after the target (QuRe); the other published miners with ``strategy`` and filters.
@@ -827,6 +835,7 @@ def mine_negatives(
         sampling=sampling,
         simans=simans,
         seed=seed,
+        first_query=first_query,
     )
     return args.negatives(_core.mine_negatives(matrix, targets, **args.native()), n_gallery)
 

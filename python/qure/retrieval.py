@@ -112,6 +112,7 @@ def mine_from_features(
     sampling: Sampling = "top",
     simans: tuple[float, float] = (1.0, 0.0),
     seed: int = 0,
+    first_query: int = 0,
 ) -> HardNegatives:
     """``mine_negatives(score(queries, gallery), target_idx, ...)`` without the score matrix.
 
@@ -141,6 +142,7 @@ def mine_from_features(
         sampling=sampling,
         simans=simans,
         seed=seed,
+        first_query=first_query,
     )
     block = None if block_size is None else check_int(block_size, "block_size", 1, clamp=True)
     mined = _core.mine_from_features(q, g, targets, **args.native(), block_size=block)

@@ -105,9 +105,13 @@ def sharded_mine(
         mined = _mine_from_candidates(queries, local_gallery, target_idx, block_size, options)
         return qdist.gather_hard_negatives(mined)
     full = qdist.all_gather_array(local_gallery)
+    counts = qdist.all_gather_array(np.array([np.shape(queries)[0]], dtype=np.int64))
+    first_query = int(counts[: qdist.rank()].sum())
     result: HardNegatives | None = None
     try:
-        result = mine_from_features(queries, full, target_idx, block_size=block_size, **options)
+        result = mine_from_features(
+            queries, full, target_idx, block_size=block_size, first_query=first_query, **options
+        )
     except (ValueError, TypeError) as exc:
         error = exc
     qdist.raise_together(error)
@@ -166,7 +170,8 @@ def _mine_from_candidates(
             raise ValueError("the gallery is empty")
         if len(t_local) and (t_local.min() < 0 or t_local.max() >= n):
             raise ValueError(f"target_idx holds indices outside the gallery of {n} items")
-        args = MiningArguments.check(q_local.shape[0], n, **options)
+        first_query = int(sum(q_sizes[:me]))
+        args = MiningArguments.check(q_local.shape[0], n, first_query=first_query, **options)
         if args.positives_indices is not None and len(args.positives_indices):
             if args.positives_indices.min() < 0 or args.positives_indices.max() >= n:
                 raise ValueError(f"positives hold indices outside the gallery of {n} items")

@@ -520,7 +520,7 @@ impl<'a> Miner<'a> {
         survivors: &mut Vec<u64>,
         part: &mut HardNegatives,
     ) -> Result<()> {
-        let key = pick_key(self.spec.seed, query as u64);
+        let key = pick_key(self.spec.seed, self.spec.first_query.wrapping_add(query as u64));
         let k = match self.spec.pick {
             Pick::All | Pick::First(_) => survivors.len(),
             Pick::Uniform(k) | Pick::SimAns { k, .. } => k,

@@ -45,7 +45,7 @@ type TopK<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
 /// Mines two-steep-drop bands; see `qure.mine_negatives` for the rule and arguments.
 #[pyfunction]
-#[pyo3(signature = (scores, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0))]
+#[pyo3(signature = (scores, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0, first_query=0))]
 #[allow(clippy::too_many_arguments)]
 fn mine_negatives<'py>(
     py: Python<'py>,
@@ -70,6 +70,7 @@ fn mine_negatives<'py>(
     simans_a: f32,
     simans_b: f32,
     seed: u64,
+    first_query: u64,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
     let spec = parse_spec(
@@ -85,7 +86,7 @@ fn mine_negatives<'py>(
         num_negatives,
         sampling,
         (simans_a, simans_b),
-        seed,
+        (seed, first_query),
     )?;
     let [n_queries, n_gallery] = [scores.shape()[0], scores.shape()[1]];
     let scores_slice = contiguous(&scores, "scores")?;
@@ -128,7 +129,7 @@ fn parse_spec(
     num_negatives: Option<usize>,
     sampling: &str,
     (a, b): (f32, f32),
-    seed: u64,
+    (seed, first_query): (u64, u64),
 ) -> PyResult<Spec> {
     let candidates = match strategy {
         "band" => Candidates::Band,
@@ -151,7 +152,7 @@ fn parse_spec(
             )))
         }
     };
-    Ok(Spec { candidates, filters, pick, seed })
+    Ok(Spec { candidates, filters, pick, seed, first_query })
 }
 
 fn parse_pairing(pairing: &str) -> PyResult<Pairing> {
@@ -271,7 +272,7 @@ fn target_rank<'py>(
 
 /// Scores query blocks and mines them as it goes.
 #[pyfunction]
-#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0))]
+#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0, first_query=0))]
 #[allow(clippy::too_many_arguments)]
 fn mine_from_features<'py>(
     py: Python<'py>,
@@ -298,6 +299,7 @@ fn mine_from_features<'py>(
     simans_a: f32,
     simans_b: f32,
     seed: u64,
+    first_query: u64,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
     let spec = parse_spec(
@@ -313,7 +315,7 @@ fn mine_from_features<'py>(
         num_negatives,
         sampling,
         (simans_a, simans_b),
-        seed,
+        (seed, first_query),
     )?;
     let (q, g) = features(&queries, &gallery)?;
     let targets = contiguous(&target_idx, "target_idx")?;
@@ -384,7 +386,7 @@ fn tail_candidates<'py>(
 
 /// Sharded mining, on the query's rank: mines the merged tails exactly as the whole row.
 #[pyfunction]
-#[pyo3(signature = (above, target_scores, items, scores, target_idx, *, n_gallery, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0))]
+#[pyo3(signature = (above, target_scores, items, scores, target_idx, *, n_gallery, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0, first_query=0))]
 #[allow(clippy::too_many_arguments)]
 fn mine_tails<'py>(
     py: Python<'py>,
@@ -413,6 +415,7 @@ fn mine_tails<'py>(
     simans_a: f32,
     simans_b: f32,
     seed: u64,
+    first_query: u64,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
     let spec = parse_spec(
@@ -428,7 +431,7 @@ fn mine_tails<'py>(
         num_negatives,
         sampling,
         (simans_a, simans_b),
-        seed,
+        (seed, first_query),
     )?;
     if items.shape() != scores.shape() {
         return Err(PyValueError::new_err(format!(

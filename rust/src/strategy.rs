@@ -103,6 +103,9 @@ pub struct Spec {
     pub pick: Pick,
     /// Seeds the random selections.
     pub seed: u64,
+    /// The global index of the first query (random selections are keyed by the global query
+    /// index, so a split query set draws what the whole set would).
+    pub first_query: u64,
 }
 
 /// How many candidates were looked at, and how many each step removed (summed over queries).
