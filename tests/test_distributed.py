@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 WORLD = 2
 make_model = make_tiny_model
 EPOCHS = 3
-METHODS = ("qure", "random", "contrastive", "topk")
+METHODS = ("qure", "random", "contrastive", "topk", "percpos")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
