@@ -252,3 +252,15 @@ def test_a_split_query_set_draws_what_the_whole_set_draws():
         assert tail[i].tolist() == whole[4 + i].tolist()
     shifted = mine_negatives(scores[4:], targets[4:], **kwargs)
     assert any(shifted[i].tolist() != whole[4 + i].tolist() for i in range(5))
+
+
+@pytest.mark.parametrize("strategy", ["topk", "window"])
+def test_short_windows_of_long_rows(strategy):
+    """A window much shorter than the row keeps only a running buffer of candidates."""
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.standard_normal((6, 3000)) * 20).astype(np.float32)  # many ties
+    targets = rng.integers(0, 3000, 6)
+    kwargs = {"strategy": strategy, "rank_range": (3, 40), "relative_margin": 0.02}
+    if strategy == "window":
+        kwargs["max_rank"] = 35
+    assert_matches(mine_negatives(scores, targets, **kwargs), scores, targets, kwargs)

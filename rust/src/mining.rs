@@ -292,7 +292,8 @@ impl<'a> Miner<'a> {
                 for (r, row) in rows.chunks_exact(n).enumerate() {
                     let query = first + r;
                     let target = self.targets[query] as usize;
-                    let rank = rank_row(row, target, self.spec.candidates, scratch)
+                    let limit = self.candidate_limit();
+                    let rank = rank_row(row, target, self.spec.candidates, limit, scratch)
                         .map_err(|e| e.at_row(query))?;
                     let drops =
                         self.choose_and_keep(query, row[target], Some(row), scratch, &mut part)?;
@@ -405,6 +406,19 @@ impl<'a> Miner<'a> {
         }
         out.append(&parts)?;
         Ok(out)
+    }
+
+    /// How many of a row's best candidates the candidate set can ever look at (`None`: all,
+    /// or the band, whose rule needs the whole tail or its `max_rank` window as it is).
+    fn candidate_limit(&self) -> Option<usize> {
+        match self.spec.candidates {
+            Candidates::Band => None,
+            Candidates::Top { end, .. } => end,
+            Candidates::Window { end, .. } => match (end, self.options.max_rank) {
+                (Some(e), Some(m)) => Some(e.min(m)),
+                (e, m) => e.or(m),
+            },
+        }
     }
 
     /// Everything after the ranking, for one query whose candidate keys (the tail's, or every
@@ -715,16 +729,46 @@ fn rank_row(
     row: &[f32],
     target: usize,
     candidates: Candidates,
+    limit: Option<usize>,
     scratch: &mut Scratch,
 ) -> std::result::Result<usize, RowError> {
     let n = row.len();
     scratch.band.clear();
     let keys = &mut scratch.keys;
-    try_refill(keys, n, 0, "mining scratch")?;
     let target_key = rank_key(row[target], target as u32);
+    let top = matches!(candidates, Candidates::Top { .. });
+    if let Some(limit) = limit.filter(|&l| l > 0 && l.saturating_mul(4) < n) {
+        // Only the best `limit` candidates can matter: keep a running buffer of at most
+        // `2 * limit` keys below a bound, cut back to `limit` whenever it fills (what a top-k
+        // heap does, without the heap). The buffer then holds the `limit` best, in any order.
+        keys.clear();
+        try_reserve(keys, 2 * limit, "mining scratch", &[2 * limit])?;
+        let mut bound = u64::MAX;
+        let mut above = 0usize;
+        let mut finite = true;
+        for (j, &v) in row.iter().enumerate() {
+            finite &= v.is_finite();
+            let key = rank_key(v, j as u32);
+            above += usize::from(key < target_key);
+            let candidate = if top { j != target } else { key > target_key };
+            if candidate && key < bound {
+                keys.push(key);
+                if keys.len() == 2 * limit {
+                    keys.select_nth_unstable(limit - 1);
+                    keys.truncate(limit);
+                    bound = keys[limit - 1];
+                }
+            }
+        }
+        if !finite {
+            return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
+        }
+        return Ok(above);
+    }
+    try_refill(keys, n, 0, "mining scratch")?;
     let mut len = 0;
     let mut finite = true;
-    if let Candidates::Top { .. } = candidates {
+    if top {
         // Every item but the target; the rank counts those ranked above it.
         let mut above = 0;
         for (j, &v) in row.iter().enumerate() {
