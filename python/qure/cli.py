@@ -174,6 +174,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect._cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qure", description="QuRe hard-negative mining for composed image retrieval."
@@ -292,6 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default=None, help="override the config's output folder")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    from .inspect._cli import add_arguments as add_inspect_arguments
+
+    inspect = sub.add_parser(
+        "inspect",
+        formatter_class=defaults,
+        help="write a static page to browse rankings, bands and grades query by query",
+        description="Writes a self-contained folder (index.html, data files, thumbnails) that "
+        "shows per query the reference and text, the top ranked images with scores and grades, "
+        "the target's rank, the band and the two drops on the score curve. Open index.html in "
+        "any browser; nothing is fetched from the network.",
+    )
+    add_inspect_arguments(inspect)
+    inspect.set_defaults(func=_cmd_inspect)
     return parser
 
 

@@ -282,13 +282,20 @@ class _Spec:
             if negatives.indices.size and int(negatives.indices.max()) >= n_gallery:
                 raise ValueError(f"negatives index items beyond the gallery of {n_gallery}")
 
-        images = kw["images"]
-        n_images = n_gallery
+        images, names = kw["images"], kw["image_names"]
+        n_images = np.iinfo(np.int64).max  # without images, references may lie beyond the gallery
         if images is not None:
             images = _check_images(images)
             n_images = len(images)
             if n_images < n_gallery:
                 raise ValueError(f"{n_images} images for a gallery of {n_gallery}")
+        if names is not None:
+            sized = isinstance(names, (Sequence, np.ndarray)) and not isinstance(names, str)
+            expected = len(names) if images is None and sized else n_images
+            names = _strings(names, "image_names", expected)
+            n_images = len(names)
+            if n_images < n_gallery:
+                raise ValueError(f"{n_images} image names for a gallery of {n_gallery}")
         reference = kw["reference"]
         if reference is not None:
             reference = _index_vector(reference, "reference", n_queries, 0, n_images)
@@ -296,9 +303,6 @@ class _Spec:
         query_ids = kw["query_ids"]
         if query_ids is not None:
             query_ids = _strings(query_ids, "query_ids", n_queries)
-        names = kw["image_names"]
-        if names is not None:
-            names = _strings(names, "image_names", n_images)
         relevance = _check_relevance(kw["relevance"], n_queries, n_gallery)
         exclude = None
         if kw["exclude"] is not None:
@@ -684,6 +688,15 @@ class _Builder:
 
         band_row = None
         band_start = band_end = -1
+        whole_band = False  # the band is every item of its ranks (nothing was removed from it)
+
+        def in_band(items: np.ndarray, item_ranks: np.ndarray) -> np.ndarray:
+            if band_row is None or not band_row.size:
+                return np.zeros(len(items), dtype=bool)
+            if whole_band:
+                return (item_ranks >= band_start) & (item_ranks <= band_end)
+            return np.isin(items, band_row)
+
         if spec.negatives is not None:
             neg = spec.negatives
             band_row = neg.indices[neg.indptr[q] : neg.indptr[q + 1]]
@@ -697,6 +710,7 @@ class _Builder:
                 band_start, band_end = rank + a + 2, rank + b + 1
                 self.band_start[q] = band_start
                 band["start"], band["end"] = band_start, band_end
+                whole_band = size == b - a
                 band["dropsize"] = [
                     round(value_at(band_start - 1) - value_at(band_start), 6),
                     round(value_at(band_end) - value_at(band_end + 1), 6)
@@ -710,8 +724,8 @@ class _Builder:
                 [int(g), int(rk), round(float(row[g]), 6), gr]
                 for g, rk, gr in zip(listed, item_ranks, grades)
             ]
-            in_top = np.isin(top, band_row[: spec.top])
-            band["intop"] = np.nonzero(in_top)[0].tolist()
+            positions = np.arange(len(top))
+            band["intop"] = positions[in_band(top, positions) & (top >= 0)].tolist()
             record["band"] = band
             used.append(listed)
         if spec.relevance is not None:
@@ -725,21 +739,19 @@ class _Builder:
             self.fn_total[q] = len(fn)
             self.fn_top[q] = int((fn_ranks < spec.top).sum())
             info: dict[str, Any] = {"count": len(fn), "top": int(self.fn_top[q])}
+            fn_in_band = in_band(fn, fn_ranks)
             if band_row is not None:
-                self.fn_band[q] = int(np.isin(fn, band_row).sum())
+                self.fn_band[q] = int(fn_in_band.sum())
                 info["band"] = int(self.fn_band[q])
                 if band_start >= 0:
                     above = (fn_ranks > rank) & (fn_ranks < band_start)
                     self.fn_above[q] = int(above.sum())
                     info["above"] = int(self.fn_above[q])
             listed = fn[:_MAX_FN_LISTED]
-            in_band = (
-                np.zeros(len(listed), dtype=bool) if band_row is None else np.isin(listed, band_row)
-            )
             info["items"] = [
                 [int(g), int(rk), gr, round(float(row[g]), 6), int(ib)]
                 for g, rk, gr, ib in zip(
-                    listed, fn_ranks[:_MAX_FN_LISTED], self._grades_of(q, listed), in_band
+                    listed, fn_ranks[:_MAX_FN_LISTED], self._grades_of(q, listed), fn_in_band
                 )
             ]
             record["fn"] = info
