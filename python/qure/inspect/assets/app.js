@@ -329,7 +329,7 @@
       const f = rec.fn, parts = [fmtInt(f.count) + " in all", fmtInt(f.top) + " in the top " + s.top];
       if (f.above !== undefined) parts.push(fmtInt(f.above) + " left above the band");
       if (f.band !== undefined) parts.push(fmtInt(f.band) + " in the band");
-      fact("false negatives (grade ≥ " + s.fn_grade + ")", parts.join(", "), "fact-fn");
+      fact("false negatives (≥ " + s.fn_grade + ")", parts.join(", "), "fact-fn");
     }
 
     const refAlt = "Reference image of query " + queryId(q) + (rec.ref >= 0 ? " (" + imageName(rec, rec.ref) + ")" : "");
@@ -376,7 +376,7 @@
   }
 
   function legend() {
-    const s = state.s, items = [["target", "target"]];
+    const s = state.s, items = [["top", "the top " + s.top + ", shown below"], ["target", "target"]];
     if (s.bands) items.push(["band", "band (mined negatives)"], ["above", "between the target and the first drop (left alone)"], ["excluded", "in the band's ranks, removed (known positive / duplicate)"]);
     if (s.relevance) items.push(["fn", "false negative: graded ≥ " + s.fn_grade]);
     return el("ul", { class: "legend", "aria-label": "Legend" }, ...items.map(([c, t]) => el("li", {}, el("span", { class: "sw " + c, "aria-hidden": "true" }), t)));
@@ -396,7 +396,9 @@
       if (!Number.isFinite(v)) continue;
       n = j + 1; if (v < lo) lo = v; if (v > hi) hi = v;
     }
-    const W = 900, H = 280, L = 58, R = 14, T = 22, B = 38;
+    // drawn at the width it is shown at, so its text keeps its size on a narrow window
+    const room = $("detail").clientWidth - 40;
+    const W = Math.round(Math.max(320, Math.min(980, room > 0 ? room : 900))), H = 280, L = 58, R = 14, T = 22, B = 38;
     const pad = (hi - lo) * 0.06 || 0.01;
     lo -= pad; hi += pad;
     // x: linear, or "symlog" (linear up to LIN ranks, logarithmic after) so the top stays legible
@@ -437,7 +439,7 @@
     }
     root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
     root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
-    root.append(svg("text", { class: "tick", x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "rank (0 = best" + (log ? "; logarithmic after " + LIN : "") + "); shaded: the top " + s.top + " shown below"));
+    root.append(svg("text", { class: "tick", x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "rank (0 = best" + (log ? "; logarithmic after " + LIN : "") + ")"));
     root.append(svg("text", { class: "tick", x: 12, y: (T + H - B) / 2, transform: `rotate(-90 12 ${(T + H - B) / 2})`, "text-anchor": "middle" }, "score"));
     // the curve
     const pts = [];
@@ -451,7 +453,7 @@
         const g = svg("g", { class: "drop", "data-rank": r + 0.5 });
         g.append(svg("line", { class: "drop-mark", x1: x(r), x2: x(r), y1: T, y2: H - B }));
         const right = x(r) < (L + W - R) / 2;
-        g.append(svg("text", { class: "drop-label", x: x(r) + (right ? 4 : -4), y: T + 12 + 14 * k, "text-anchor": right ? "start" : "end" }, label + (size !== null && size !== undefined ? ": score falls by " + size.toFixed(4) : "")));
+        g.append(svg("text", { class: "drop-label", x: x(r) + (right ? 4 : -4), y: T + 12 + 14 * k, "text-anchor": right ? "start" : "end" }, label + (size !== null && size !== undefined ? ": score −" + size.toFixed(4) : "")));
         root.append(g);
       });
       const visible = [b.start - 0.5, b.end + 0.5].filter((r) => r <= n - 0.5).length;
@@ -526,6 +528,17 @@
       if (ev.key === "ArrowRight" || ev.key === "j") { ev.preventDefault(); step(1); }
       else if (ev.key === "ArrowLeft" || ev.key === "k") { ev.preventDefault(); step(-1); }
       else if (ev.key === "/") { ev.preventDefault(); $("search").focus(); }
+    });
+    let resized = 0, lastWidth = $("detail").clientWidth;
+    window.addEventListener("resize", () => {
+      clearTimeout(resized);
+      resized = setTimeout(() => {
+        const width = $("detail").clientWidth;
+        if (width === lastWidth) return;
+        lastWidth = width;
+        const page = state.pages.get(Math.floor(state.current / state.s.page_size));
+        if (page) renderQuery(state.current, page);
+      }, 150);
     });
     window.addEventListener("hashchange", () => {
       const q = readHash();
