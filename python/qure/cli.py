@@ -128,7 +128,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         settings.split = args.split
     if args.threads is not None:
         set_num_threads(args.threads)
-    run_demo(args.out, settings, progress=not args.no_progress, workers=args.workers)
+    page = {"inspect": False} if args.no_inspect else {}  # default: write <out>/inspect/
+    run_demo(args.out, settings, progress=not args.no_progress, workers=args.workers, **page)
     return 0
 
 
@@ -263,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--threads", type=int, default=None, help="qure's own (mining) threads")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--no-inspect",
+        action="store_true",
+        help="do not write <out>/inspect/, the page to browse the mined bands query by query",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser(
