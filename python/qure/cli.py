@@ -171,6 +171,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
         output=args.output,
+        inspect=args.inspect,
     )
     return 0
 
@@ -303,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--output", default=None, help="override the config's output folder")
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument(
+        "--inspect",
+        action="store_true",
+        help="also write <output>/inspect/<split>/: a page to browse each query's top 50 next to "
+        "its reference, text and target (qure inspect)",
+    )
     evaluate.set_defaults(func=_cmd_evaluate)
 
     from .inspect._cli import add_arguments as add_inspect_arguments
