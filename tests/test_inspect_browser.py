@@ -9,7 +9,8 @@ query, into the next data file and back; the list is searched and sorted; a narr
 not scroll sideways. Screenshots go to ``$QURE_SCREENSHOTS`` (default: a temporary folder).
 
 ``QURE_INSPECT_PAGE=/path/to/folder`` runs the same checks on an existing page instead (e.g.
-``qure-demo/inspect``; the README's screenshot is made that way). Without Chromium the tests
+``qure-demo/inspect``; the README's screenshot is made that way), and ``QURE_INSPECT_QUERY=<i>``
+starts at query ``i`` (the first screenshot's). Without Chromium the tests
 are skipped, saying so, unless ``QURE_REQUIRE_BROWSER=1`` (set by ``.ci/run`` once it has
 installed Chromium), which makes a missing browser a failure.
 """
@@ -223,21 +224,22 @@ def check_query(browser: Browser, summary: dict, record: dict) -> dict:
 
 def test_the_page_shows_the_query_and_steps_with_the_keyboard(browser, site, data, shots):
     summary, records = data
-    open_page(browser, site)
-    assert shown_query(browser) == 0
+    first = int(os.environ.get("QURE_INSPECT_QUERY", "0"))  # the query of the first screenshot
+    open_page(browser, site, f"#q={first}" if first else "")
+    assert shown_query(browser) == first
     wait_for_images(browser)
-    check_query(browser, summary, records[0])
+    check_query(browser, summary, records[first])
     browser.screenshot(shots / f"inspect-{WIDTH}x{HEIGHT}.png")
 
-    if len(records) > 1:
+    if first + 1 < len(records):  # the list starts in query order
         browser.press("ArrowRight", "ArrowRight", 39)  # next query
-        wait_for_query(browser, 1)
-        check_query(browser, summary, records[1])
-        assert browser.evaluate("location.hash") == "#q=1"
+        wait_for_query(browser, first + 1)
+        check_query(browser, summary, records[first + 1])
+        assert browser.evaluate("location.hash") == f"#q={first + 1}"
         browser.press("k", "KeyK", 75)  # previous query
-        wait_for_query(browser, 0)
+        wait_for_query(browser, first)
         browser.press("j", "KeyJ", 74)
-        wait_for_query(browser, 1)
+        wait_for_query(browser, first + 1)
         wait_for_images(browser)
         browser.screenshot(shots / f"inspect-next-{WIDTH}x{HEIGHT}.png")
     size = summary["page_size"]
@@ -261,33 +263,39 @@ def test_the_list_searches_sorts_and_follows_the_selection(browser, site, data):
         "0"
     )
 
-    # sort by target rank, worst first
-    browser.evaluate(
-        "(() => { const s = document.getElementById('sort'); s.value = 'rank';"
-        "s.dispatchEvent(new Event('change'));"
-        "document.getElementById('direction').click(); })()"
-    )
-    ranks = columns["rank"]
-    expected = sorted(range(len(ranks)), key=lambda q: (-ranks[q], q))[:50]
-    assert browser.evaluate(rows) == expected
-    # the keyboard now walks the list in that order
-    open_page(browser, site, f"#q={expected[0]}")
-    browser.evaluate(
-        "(() => { const s = document.getElementById('sort'); s.value = 'rank';"
-        "s.dispatchEvent(new Event('change'));"
-        "document.getElementById('direction').click(); })()"
-    )
-    browser.press("ArrowRight", "ArrowRight", 39)
-    wait_for_query(browser, expected[1])
+    current = "Number(document.getElementById('detail').dataset.query)"
 
-    if summary["bands"]:  # band size, largest first
+    def sort_by(key: str, descending: bool) -> list[int]:
+        """Sorts the list in the page; returns the full order it should have."""
         browser.evaluate(
-            "(() => { const s = document.getElementById('sort'); s.value = 'band_size';"
-            "s.dispatchEvent(new Event('change')); })()"
+            "(() => { const s = document.getElementById('sort'); s.value = "
+            f"'{key}'; s.dispatchEvent(new Event('change'));"
+            "const d = document.getElementById('direction');"
+            f"if (d.textContent.includes('desc') !== {str(descending).lower()}) d.click(); }})()"
         )
-        sizes = columns["band_size"]
-        shown = browser.evaluate(rows)
-        assert [sizes[q] for q in shown] == sorted(sizes, reverse=True)[: len(shown)]
+        values = columns[key]
+        known = [q for q in range(len(values)) if values[q] >= 0]  # unknown (-1) last
+        order = sorted(known, key=lambda q: (-values[q] if descending else values[q], q))
+        return order + [q for q in range(len(values)) if values[q] < 0]
+
+    def shown_is_the_page_of_the_current_query(order: list[int]) -> None:
+        page = order.index(browser.evaluate(current)) // 50  # the list follows the selection
+        assert browser.evaluate(rows) == order[50 * page : 50 * page + 50]
+
+    # sort by target rank, worst first; the keyboard then walks the list in that order
+    order = sort_by("rank", descending=True)
+    shown_is_the_page_of_the_current_query(order)
+    open_page(browser, site, f"#q={order[0]}")
+    order = sort_by("rank", descending=True)
+    shown_is_the_page_of_the_current_query(order)
+    browser.press("ArrowRight", "ArrowRight", 39)
+    wait_for_query(browser, order[1])
+    browser.press("ArrowRight", "ArrowRight", 39)
+    wait_for_query(browser, order[2])
+    if summary["bands"]:  # band size, largest first
+        shown_is_the_page_of_the_current_query(sort_by("band_size", descending=True))
+    if summary["relevance"] and summary["bands"]:  # false negatives left in the band, fewest first
+        shown_is_the_page_of_the_current_query(sort_by("fn_band", descending=False))
 
     # search by text: only matching queries are listed
     if "text" in columns:

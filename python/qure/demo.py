@@ -933,6 +933,7 @@ def _inspect_page(
         relevance=eval_split.relevance,
         query_ids=[f"{split}-{i}" for i in range(len(eval_data))],
         false_negative_grade=SAME_DESIGN,
+        curve=1000,  # a 400-rank window after the target mostly ends within the first 1,000
         title="qure demo: what QuRe mined, query by query",
         notes={
             "model": f"{arm.name}, seed {settings.seeds[0]} (fine-tuned)",

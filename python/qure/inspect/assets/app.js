@@ -202,8 +202,14 @@
 
   function markCurrentRow() {
     for (const tr of $("rows").children) {
-      if (Number(tr.dataset.q) === state.current) tr.setAttribute("aria-current", "true");
-      else tr.removeAttribute("aria-current");
+      if (Number(tr.dataset.q) === state.current) {
+        tr.setAttribute("aria-current", "true");
+        // keep the row in view inside the list (never scrolling the page itself)
+        const wrap = tr.closest(".table-wrap"), box = tr.getBoundingClientRect(), frame = wrap.getBoundingClientRect();
+        if (box.top < frame.top + 24 || box.bottom > frame.bottom) wrap.scrollTop += box.top - frame.top - wrap.clientHeight / 2;
+      } else {
+        tr.removeAttribute("aria-current");
+      }
     }
   }
 
@@ -398,7 +404,7 @@
     }
     // drawn at the width it is shown at, so its text keeps its size on a narrow window
     const room = $("detail").clientWidth - 40;
-    const W = Math.round(Math.max(320, Math.min(980, room > 0 ? room : 900))), H = 280, L = 58, R = 14, T = 22, B = 38;
+    const W = Math.round(Math.max(320, Math.min(980, room > 0 ? room : 900))), H = 300, L = 58, R = 14, T = 42, B = 38;
     const pad = (hi - lo) * 0.06 || 0.01;
     lo -= pad; hi += pad;
     // x: linear, or "symlog" (linear up to LIN ranks, logarithmic after) so the top stays legible
@@ -451,14 +457,14 @@
       marks.forEach(([r, label, size], k) => {
         if (r > n - 0.5) return;
         const g = svg("g", { class: "drop", "data-rank": r + 0.5 });
-        g.append(svg("line", { class: "drop-mark", x1: x(r), x2: x(r), y1: T, y2: H - B }));
+        g.append(svg("line", { class: "drop-mark", x1: x(r), x2: x(r), y1: T - 18 + 14 * k, y2: H - B }));
         const right = x(r) < (L + W - R) / 2;
-        g.append(svg("text", { class: "drop-label", x: x(r) + (right ? 4 : -4), y: T + 12 + 14 * k, "text-anchor": right ? "start" : "end" }, label + (size !== null && size !== undefined ? ": score −" + size.toFixed(4) : "")));
+        g.append(svg("text", { class: "drop-label", x: x(r) + (right ? 4 : -4), y: T - 22 + 14 * k, "text-anchor": right ? "start" : "end" }, label + (size !== null && size !== undefined ? ": score −" + size.toFixed(4) : "")));
         root.append(g);
       });
       const visible = [b.start - 0.5, b.end + 0.5].filter((r) => r <= n - 0.5).length;
       if (visible < 2) {
-        root.append(svg("text", { class: "beyond", x: W - R - 2, y: T + 14, "text-anchor": "end" }, "band at ranks " + fmtInt(b.start) + "–" + fmtInt(b.end) + (visible ? "" : " →") + " (beyond this window)"));
+        root.append(svg("text", { class: "beyond", x: W - R - 2, y: T - 8, "text-anchor": "end" }, "band at ranks " + fmtInt(b.start) + "–" + fmtInt(b.end) + (visible ? "" : " →") + " (beyond this window)"));
       }
       desc.push("The band of " + b.size + " mined negatives spans ranks " + b.start + " to " + b.end + "; the two drops fall after ranks " + (b.start - 1) + " and " + b.end + ".");
     } else if (b) {
