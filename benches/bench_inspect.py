@@ -79,9 +79,12 @@ def open_in_browser(index: Path) -> dict:
                 "return performance.now() - t; })()"
             )
 
+        # typing waits 150 ms before searching (a debounce), included here
         timings["search_ms"] = in_page(
             "const s = document.getElementById('search'); s.value = 'red square';"
-            "s.dispatchEvent(new Event('input')); await new Promise(r => setTimeout(r, 200))"
+            "s.dispatchEvent(new Event('input'));"
+            "const c = document.getElementById('count');"
+            "while (!c.textContent.includes('match')) await new Promise(r => setTimeout(r, 5))"
         )
         timings["sort_ms"] = in_page(
             "const o = document.getElementById('sort'); o.value = 'rank';"

@@ -496,25 +496,13 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 
 def _thumbnail_writer(images: np.ndarray | list[Path], size: int) -> Any:
     try:
-        from PIL import Image
-    except ImportError:
-        Image = None
-    if Image is None:
-        if not isinstance(images, np.ndarray):
-            raise ImportError("thumbnails of image files need Pillow: pip install pillow")
-        from matplotlib.image import imsave  # matplotlib writes PNGs without Pillow
-
-        def write_mpl(i: int, path: Path) -> None:
-            image = _as_uint8(np.asarray(images[i]))
-            step = max(1, math.ceil(max(image.shape[:2]) / size))
-            image = image[::step, ::step]
-            imsave(path, image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
-
-        return write_mpl
+        from PIL import Image as pil
+    except ImportError:  # matplotlib (the demo extra) brings Pillow along
+        raise ImportError("writing thumbnails needs Pillow: pip install pillow") from None
 
     def write_array(i: int, path: Path) -> None:
         image = _as_uint8(np.asarray(images[i]))
-        picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        picture = pil.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
         if max(picture.size) > size:
             picture.thumbnail((size, size))
         picture.save(path, format="PNG", compress_level=1)
@@ -523,11 +511,11 @@ def _thumbnail_writer(images: np.ndarray | list[Path], size: int) -> Any:
         source = images[i]
         if not Path(source).is_file():
             raise FileNotFoundError(f"image not found: {source}")
-        with Image.open(source) as picture:
-            picture.draft("RGB", (size, size))  # JPEGs decode at a reduced size
-            picture = picture.convert("RGB")
-            picture.thumbnail((size, size))
-            picture.save(path, format="JPEG", quality=85)
+        with pil.open(source) as opened:
+            opened.draft("RGB", (size, size))  # JPEGs decode at a reduced size
+            picture = opened.convert("RGB")
+        picture.thumbnail((size, size))
+        picture.save(path, format="JPEG", quality=85)
 
     return write_array if isinstance(images, np.ndarray) else write_file
 
@@ -582,6 +570,7 @@ class _Builder:
         else:
             from ..retrieval import score
 
+            assert spec.queries is not None and spec.gallery is not None
             block = np.asarray(score(spec.queries[start:stop], spec.gallery))
         bad = ~np.isfinite(block)
         if bad.any():
@@ -620,7 +609,7 @@ class _Builder:
         if k < n:  # ties at the window's edge: argpartition may have kept the wrong ones
             last = ranked_values[:, -1:]
             tied = (block == last).sum(axis=1) > (ranked_values == last).sum(axis=1)
-            for r in np.nonzero(tied)[0]:
+            for r in np.nonzero(tied)[0].tolist():
                 full = np.lexsort((self.columns, -block[r]))[:k]
                 ranked[r], ranked_values[r] = full, block[r, full]
         gone = np.isneginf(ranked_values)  # excluded items, only when few are left
@@ -684,6 +673,7 @@ class _Builder:
             """The score at a 0-based rank (the same whatever the tie order)."""
             if position < len(ranked_values):
                 return float(ranked_values[position])
+            assert sorted_row is not None
             return float(sorted_row[row.shape[0] - 1 - position])
 
         band_row = None
@@ -698,6 +688,7 @@ class _Builder:
             return np.isin(items, band_row)
 
         if spec.negatives is not None:
+            assert sorted_row is not None
             neg = spec.negatives
             band_row = neg.indices[neg.indptr[q] : neg.indptr[q + 1]]
             a, b = (int(v) for v in neg.drops[q])
@@ -719,16 +710,16 @@ class _Builder:
                 ]
             listed = band_row[: spec.band_items]
             item_ranks = _row_ranks(row, sorted_row, listed, self.columns)
-            grades = self._grades_of(q, listed)
             band["items"] = [
                 [int(g), int(rk), round(float(row[g]), 6), gr]
-                for g, rk, gr in zip(listed, item_ranks, grades)
+                for g, rk, gr in zip(listed, item_ranks, self._grades_of(q, listed))
             ]
             positions = np.arange(len(top))
             band["intop"] = positions[in_band(top, positions) & (top >= 0)].tolist()
             record["band"] = band
             used.append(listed)
         if spec.relevance is not None:
+            assert sorted_row is not None
             fn = self._false_negatives(q, target, row)
             fn_ranks = _row_ranks(row, sorted_row, fn, self.columns)
             if spec.exclude is not None:
@@ -756,10 +747,10 @@ class _Builder:
             ]
             record["fn"] = info
             used.append(listed)
-            grades = np.full(spec.top, np.nan, dtype=np.float32)
+            top_grades = np.full(spec.top, np.nan, dtype=np.float32)
             shown = top >= 0
-            grades[shown] = self._grades_array(q, top[shown])
-            self._grades.append(grades)
+            top_grades[shown] = self._grades_array(q, top[shown])
+            self._grades.append(top_grades)
         self.used.append(np.concatenate(used).astype(np.int64))
         curve = np.full(spec.window, np.nan, dtype=np.float32)
         curve[: len(ranked_values)] = ranked_values
