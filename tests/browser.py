@@ -7,7 +7,6 @@ descriptors 3 (commands in) and 4 (replies and events out), one JSON message per
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import select
@@ -22,6 +21,8 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 
 def find_chromium() -> str | None:
     """The Chromium executable: ``$QURE_CHROMIUM``, else the first of ``CANDIDATES`` on PATH."""
+    if os.name != "posix":  # the DevTools pipe needs file descriptors 3 and 4
+        return None
     named = os.environ.get("QURE_CHROMIUM")
     if named:
         return shutil.which(named) or (named if os.access(named, os.X_OK) else None)
@@ -40,6 +41,8 @@ class Browser:
     """One headless Chromium with one page (tab); ``with Browser(path) as b: ...``."""
 
     def __init__(self, executable: str, *, width: int = 1280, height: int = 800) -> None:
+        import fcntl  # POSIX only, as the pipe hand-over below is
+
         self._profile = tempfile.mkdtemp(prefix="qure-chromium-")
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
