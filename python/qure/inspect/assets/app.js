@@ -327,7 +327,8 @@
         fact("band ranks", fmtInt(b.start) + "–" + fmtInt(b.end), "fact-band-ranks");
         fact("drops", "after ranks " + fmtInt(b.start - 1) + " and " + fmtInt(b.end) + " (tail positions " + b.drops[0] + ", " + b.drops[1] + ")", "fact-drops");
       } else {
-        fact("drops", "none qualified: empty band", "fact-drops");
+        // drops of -1: no pair qualified, or a miner that does not cut a band between drops
+        fact("drops", b.size ? "none (these negatives were not cut between two drops)" : "none qualified: empty band", "fact-drops");
       }
       if (b.tail !== null && b.tail !== undefined) fact("tail looked at", fmtInt(b.tail) + " items", "fact-tail");
     }
@@ -468,7 +469,7 @@
       }
       desc.push("The band of " + b.size + " mined negatives spans ranks " + b.start + " to " + b.end + "; the two drops fall after ranks " + (b.start - 1) + " and " + b.end + ".");
     } else if (b) {
-      desc.push("No pair of drops qualified: the band is empty.");
+      desc.push(b.size ? "These " + b.size + " negatives were not cut between two drops." : "No pair of drops qualified: the band is empty.");
     }
     // false negatives and the target
     if (rec.fn) {
