@@ -94,6 +94,34 @@ def test_cirr_val_metrics_and_test_submission(cirr_run):
         assert len(top3) == 3 and set(top3) <= members
 
 
+def test_evaluate_inspect_pages(cirr_run, tmp_path):
+    """``qure evaluate --inspect``: a page per split, ranked as the benchmark ranks."""
+    import numpy as np
+    from inspect_data import pages
+
+    ckpt = str(cirr_run / "last.pt")
+    for name in ("cirr", "circo"):
+        config = str(CONFIGS / f"{name}.json")
+        _run("evaluate", "--config", config, "--checkpoint", ckpt, "--output", str(tmp_path),
+             "--inspect")  # fmt: skip
+        metrics = json.loads((tmp_path / f"metrics_{name}_val.json").read_text())
+        index = tmp_path / "inspect" / f"{name}-val" / "index.html"
+        assert str(index) in metrics["files"] and index.is_file()
+        summary, records = pages(index.parent)
+        assert summary["queries"] == len(records) > 0 and summary["images"] == "jpg"
+        for rec in records:
+            assert rec["ref"] not in rec["top"]  # CIRR and CIRCO rank without the reference
+            shown = {g for g in rec["top"] if g >= 0} | {rec["ref"], rec["target"]}
+            assert all((index.parent / "img" / "0" / f"{g}.jpg").is_file() for g in shown)
+            assert set(rec["names"]) >= {str(g) for g in shown}
+        ranks = np.array(summary["columns"]["rank"])
+        if name == "cirr":
+            for k in (1, 5, 10, 50):  # the page's target ranks are the metrics' ranks
+                assert metrics[f"R@{k}"] == pytest.approx(100 * np.mean(ranks < k))
+        else:  # CIRCO's ground truths are its graded items
+            assert summary["relevance"] and all("fn" in rec for rec in records)
+
+
 def test_circo_zero_shot_from_the_cirr_model(cirr_run, tmp_path):
     config, ckpt = str(CONFIGS / "circo.json"), str(cirr_run / "last.pt")
     _run("evaluate", "--config", config, "--checkpoint", ckpt, "--output", str(tmp_path))

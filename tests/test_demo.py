@@ -186,6 +186,19 @@ def test_parallel_workers_give_identical_results(demo, tmp_path):
     assert same == [r for r in a["runs"] if r["arm"] == "qure"]
 
 
+def test_the_demo_writes_an_inspect_page(demo):
+    out, report, printed = demo
+    assert report["inspect"] == "inspect/index.html" and (out / "inspect" / "index.html").is_file()
+    assert "inspect page: " in printed and "(inspect/index.html)" in (out / "report.md").read_text()
+    summary = (out / "inspect" / "data" / "summary.js").read_text()
+    payload = json.loads(summary[len("qureInspectSummary(") : summary.rindex(")")])
+    assert payload["queries"] == 20 and payload["bands"] and payload["relevance"]
+    assert payload["fn_grade"] == SAME_DESIGN and payload["images"] == "png"
+    assert payload["notes"]["model"] == "qure, seed 0 (fine-tuned)"
+    assert payload["notes"]["bands"].startswith(f"max_rank={qure.demo.DEFAULT_MAX_RANK},")
+    assert payload["columns"]["id"][:2] == ["test-0", "test-1"]
+
+
 # --------------------------------------------------------------------------------------------
 # pieces
 
@@ -263,6 +276,7 @@ def test_cli_parser_accepts_demo_quick():
     assert args.quick is True
     assert args.out == "X"
     assert args.seeds is None and args.threads is None and args.no_progress is False
+    assert args.no_inspect is False
     assert args.func is qure.cli._cmd_demo
     defaults = qure.cli.build_parser().parse_args(["demo"])
     assert defaults.quick is False and defaults.out == "qure-demo"
@@ -294,6 +308,15 @@ def test_cli_demo_passes_settings(monkeypatch, tmp_path):
     assert qure.cli.main(["demo", "--experiment", "oracle", "--out", out]) == 0
     assert calls[-1][1].arms == EXPERIMENTS["oracle"] and calls[-1][1].split == "val"
     assert qure.cli.main(["demo", "--seeds", "0", "--out", out]) == 2
+
+    def fake_without_page(out_dir, settings=None, *, progress=True, workers=None, inspect=True):
+        calls.append(inspect)
+        return {}
+
+    monkeypatch.setattr(qure.demo, "run_demo", fake_without_page)
+    assert qure.cli.main(["demo", "--no-inspect", "--out", out]) == 0
+    assert qure.cli.main(["demo", "--out", out]) == 0
+    assert calls[-2:] == [False, True]
 
 
 def test_quick_settings_are_smaller():

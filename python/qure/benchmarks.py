@@ -338,9 +338,13 @@ def evaluate_from_config(
     progress: bool = True,
     device: str = "auto",
     output: str | Path | None = None,
+    inspect: bool = False,
 ) -> dict[str, Any]:
     """Evaluates a trained model as the benchmark defines; writes metrics (and, for test splits,
-    the evaluation servers' submission files) into the output folder (or ``output``)."""
+    the evaluation servers' submission files) into the output folder (or ``output``).
+
+    With ``inspect``, also writes ``inspect/<split name>/`` there per evaluated split: a page to
+    browse each query's top 50 next to its target (see :func:`_write_inspect`)."""
     config = load_config(path)
     if output is not None:
         config["output"] = str(output)
@@ -369,10 +373,14 @@ def evaluate_from_config(
         for category, s in splits.items():
             queries, gallery = _encode(model, s, cache, dev, progress)
             ranks[category] = target_rank(queries, gallery, s.target)  # no Q x N matrix
+            if inspect:
+                files.append(_write_inspect(out, s, queries, gallery, checkpoint))
         metrics.update(fashioniq_recall(ranks, ks=(10, 50)))
     elif name == "cirr":
         s = splits["cirr"]
         queries, gallery = _encode(model, s, cache, dev, progress)
+        if inspect:  # CIRR ranks without the reference image
+            files.append(_write_inspect(out, s, queries, gallery, checkpoint, no_reference=True))
         if split == "test":
             files += _cirr_submission(queries, gallery, s, out)
         else:
@@ -387,6 +395,11 @@ def evaluate_from_config(
     else:
         s = splits["circo"]
         queries, gallery = _encode(model, s, cache, dev, progress)
+        if inspect:  # the ground truths (val) graded 1.0
+            gt = s.extra.get("gt")
+            files.append(
+                _write_inspect(out, s, queries, gallery, checkpoint, no_reference=True, grades=gt)
+            )
         ranked = _ranked_without_reference(queries, gallery, s, 50)
         if split == "test":
             submission = {
@@ -447,3 +460,46 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     print(f"{metrics['dataset']} {metrics['split']}")
     for key, value in rows:
         print(f"  {key:<{width}}  {value:8.2f}")
+
+
+def _write_inspect(
+    out: Path,
+    split: CIRSplit,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    checkpoint: Path | None,
+    *,
+    no_reference: bool = False,
+    grades: Any = None,
+) -> str:
+    """``qure evaluate --inspect``: writes ``out/inspect/<split>/``, each query's top 50 with its
+    reference, text and target (ranked as the benchmark ranks: ``no_reference`` takes the
+    reference image out, as CIRR and CIRCO do); ``grades``: per query, the gallery indices of
+    its ground truths (CIRCO). Returns the page's ``index.html``."""
+    from .inspect import write_page
+
+    exclude = None
+    if no_reference:
+        exclude = [[int(r)] if r < split.n_gallery else [] for r in split.reference]
+    folder = out / "inspect" / split.name.replace("/", "-")
+    page = write_page(
+        folder,
+        queries=queries,
+        gallery=gallery,
+        targets=split.target,
+        images=split.images,
+        reference=split.reference,
+        texts=split.texts,
+        relevance=grades,
+        query_ids=split.query_ids,
+        image_names=split.image_names,
+        exclude=exclude,
+        title=f"qure evaluate: {split.name}",
+        notes={
+            "checkpoint": str(checkpoint) if checkpoint is not None else "none (initial model)",
+            "split": split.name,
+            "ranking": "reference image removed" if no_reference else "whole gallery",
+        },
+    )
+    print(f"inspect page: {page.index} ({page.queries} queries, {page.seconds:.1f} s)")
+    return str(page.index)

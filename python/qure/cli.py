@@ -138,7 +138,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         settings.split = args.split
     if args.threads is not None:
         set_num_threads(args.threads)
-    run_demo(args.out, settings, progress=not args.no_progress, workers=args.workers)
+    page = {"inspect": False} if args.no_inspect else {}  # default: write <out>/inspect/
+    run_demo(args.out, settings, progress=not args.no_progress, workers=args.workers, **page)
     return 0
 
 
@@ -180,8 +181,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
         output=args.output,
+        inspect=args.inspect,
     )
     return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect._cli import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--threads", type=int, default=None, help="qure's own (mining) threads")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--no-inspect",
+        action="store_true",
+        help="do not write <out>/inspect/, the page to browse the mined bands query by query",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser(
@@ -320,7 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--output", default=None, help="override the config's output folder")
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument(
+        "--inspect",
+        action="store_true",
+        help="also write <output>/inspect/<split>/: a page to browse each query's top 50 next to "
+        "its reference, text and target (qure inspect)",
+    )
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    from .inspect._cli import add_arguments as add_inspect_arguments
+
+    inspect = sub.add_parser(
+        "inspect",
+        formatter_class=defaults,
+        help="write a static page to browse rankings, bands and grades query by query",
+        description="Writes a self-contained folder (index.html, data files, thumbnails) that "
+        "shows per query the reference and text, the top ranked images with scores and grades, "
+        "the target's rank, the band and the two drops on the score curve. Open index.html in "
+        "any browser; nothing is fetched from the network.",
+    )
+    add_inspect_arguments(inspect)
+    inspect.set_defaults(func=_cmd_inspect)
     return parser
 
 

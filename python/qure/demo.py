@@ -492,8 +492,12 @@ def run_demo(
     *,
     progress: bool = True,
     workers: int | None = None,
+    inspect: bool = True,
 ) -> dict[str, Any]:
     """Runs the demo; writes report.json, report.md and plots into ``out_dir``.
+
+    With ``inspect`` (the default) it also writes ``out_dir/inspect/``, a page to browse what
+    QuRe mined on the evaluation split query by query (:func:`_inspect_page`).
 
     Every training run uses one torch thread, so results are bit-identical whatever the machine's
     thread count; ``workers`` fine-tuning runs go in parallel processes (default: one per core,
@@ -513,7 +517,7 @@ def run_demo(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(out, settings, arms, progress, workers, started)
+        return _run(out, settings, arms, progress, workers, started, inspect)
     finally:
         torch.set_num_threads(threads)
 
@@ -525,6 +529,7 @@ def _run(
     progress: bool,
     workers: int,
     started: float,
+    inspect: bool = True,
 ) -> dict[str, Any]:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
@@ -661,6 +666,8 @@ def _run(
         "verdict": verdict,
     }
     plots = _plots(out, bench, keep, curves, train_data, eval_data, eval_split)
+    if inspect:  # the page to look at what was mined (qure.inspect)
+        report["inspect"] = _inspect_page(out, settings, arms, keep, eval_data, eval_split, say)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False))
     (out / "report.md").write_text(_markdown(report, table, comparison_table, plots))
@@ -693,6 +700,7 @@ def _markdown(report: dict[str, Any], table: str, comparison_table: str, plots: 
     b = report["benchmark"]
     s = report["settings"]
     arms = list(report["summary"])
+    page = report.get("inspect")
     lines = [
         "# qure demo: QuRe vs baselines on the open-edit shapes benchmark",
         "",
@@ -745,6 +753,7 @@ def _markdown(report: dict[str, Any], table: str, comparison_table: str, plots: 
         "",
         *[f"![{name}]({name})" for name in plots],
         "",
+        *([f"Query by query, with the mined bands: [{page}]({page}).", ""] if page else []),
         f"Total time: {report['seconds']} s.",
     ]
     return "\n".join(lines) + "\n"
@@ -889,3 +898,53 @@ def _plots(
     plt.close(fig)
     written.append("retrieval_grid.png")
     return written
+
+
+def _inspect_page(
+    out: Path,
+    settings: DemoSettings,
+    arms: list[Arm],
+    models: dict[str, torch.nn.Module],
+    eval_data: CIRTrainData,
+    eval_split: ShapesSplit,
+    say: Any,
+) -> str:
+    """Writes ``out/inspect/``: the evaluation split as the first QuRe arm's first-seed model
+    ranks it, with the bands the trainer's rule mines there (that arm's window and the
+    trainer's pairing and threshold) and the benchmark's graded relevance."""
+    from .inspect import write_page
+
+    arm = next((a for a in arms if a.method == "qure"), arms[0])
+    max_rank = arm.max_rank if arm.method == "qure" else DEFAULT_MAX_RANK
+    scores = _split_scores(models[arm.name], eval_data)
+    negatives = mine_negatives(
+        scores,
+        eval_data.target,
+        max_rank=max_rank,
+        consecutive_threshold=TrainConfig.consecutive_threshold,
+        pairing=TrainConfig.pairing,
+    )
+    split = settings.split
+    page = write_page(
+        out / "inspect",
+        scores=scores,
+        targets=eval_data.target,
+        negatives=negatives,
+        images=eval_data.images,
+        reference=eval_data.reference,
+        texts=eval_split.texts,
+        relevance=eval_split.relevance,
+        query_ids=[f"{split}-{i}" for i in range(len(eval_data))],
+        false_negative_grade=SAME_DESIGN,
+        curve=1000,  # a 400-rank window after the target mostly ends within the first 1,000
+        title="qure demo: what QuRe mined, query by query",
+        notes={
+            "model": f"{arm.name}, seed {settings.seeds[0]} (fine-tuned)",
+            "split": f"{split}, open-edit shapes",
+            "bands": f"max_rank={max_rank}, pairing={TrainConfig.pairing}, "
+            f"threshold={TrainConfig.consecutive_threshold}",
+            "grades": f"1.00 valid answer, {SAME_DESIGN:.2f} its objects moved, < 0.5 partial",
+        },
+    )
+    say(f"inspect page: {page.index} ({page.queries} queries, {page.seconds:.1f} s)")
+    return str(page.index.relative_to(out))
