@@ -347,9 +347,19 @@ def run_mine(p: dict[str, Any]) -> str:
         "positives": build_ragged(p["positives"], rows),
         "gallery_ids": build_ids(p["ids"], cols),
     }
-    got = qure.mine_negatives(scores, targets, **kwargs)
+    selection = dict(p.get("selection") or {})
+    got = qure.mine_negatives(scores, targets, **kwargs, **selection)
     _check(len(got) == rows, "one band per query")
     _check(bool((np.diff(got.indptr) >= 0).all()), "indptr goes backwards")
+    _check(got.scores is not None and got.scores.shape == got.indices.shape, "scores align")
+    if selection:  # another miner: its invariants (the strategy tests hold the exact rule)
+        k = selection.get("num_negatives")
+        if k is not None and rows:
+            _check(int(got.sizes.max()) <= k, "more negatives than num_negatives")
+        _check(bool(np.isfinite(got.scores).all()), "non-finite scores kept")
+        if selection.get("max_score") is not None and got.scores.size:
+            _check(float(got.scores.max()) <= np.float32(selection["max_score"]), "max_score")
+        return f"{len(got)} queries, {len(got.indices)} negatives"
     positives = kwargs["positives"]
     plain_lists = positives is None or isinstance(positives, (list, _Csr))
     if rows * cols <= 4000 and kwargs["gallery_ids"] is None and plain_lists:
@@ -1052,8 +1062,44 @@ def strategies() -> dict[str, Any]:
                 "max_rank": draw(max_ranks(valid)),
                 "positives": draw(ragged(n, valid)),
                 "ids": draw(ids(valid)),
+                "selection": draw(selections(valid)),
             },
         )
+
+    def selections(valid: bool) -> Any:
+        """The other miners' keywords: sensible values when ``valid``, absurd ones too when not
+        (negative or huge windows and counts, NaN and infinite margins, wrong types)."""
+        numbers = st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 0.05, 0.5, 3.0]))
+        counts_ = st.one_of(st.none(), st.integers(1, 12), st.just(2**62))
+        windows = st.one_of(
+            st.none(), st.tuples(st.integers(0, 30), st.one_of(st.none(), st.integers(31, 80)))
+        )
+        if not valid:
+            numbers = st.one_of(numbers, st.sampled_from([float("nan"), float("inf"), "5%", True]))
+            counts_ = st.one_of(counts_, st.sampled_from([0, -3, 1.5, 2**70]))
+            windows = st.one_of(windows, st.sampled_from([(5, 5), (-1, 3), 7, (0, None, 1)]))
+        keywords = st.fixed_dictionaries(
+            {},
+            optional={
+                "strategy": st.sampled_from(["topk", "window"] + ([] if valid else ["bm25", 1])),
+                "rank_range": windows,
+                "margin": numbers,
+                "relative_margin": numbers,
+                "max_score": numbers,
+                "min_score": numbers,
+                "num_negatives": counts_,
+                "sampling": st.sampled_from(["top", "random", "simans"] + ([] if valid else ["x"])),
+                "simans": st.sampled_from(
+                    [(1.0, 0.0), (50.0, -0.5)]
+                    + ([] if valid else [(0.0, 0.0), (1e30, 1e30), (float("nan"), 0)])
+                ),
+                "seed": st.integers(0, 2**64 - 1) if valid else st.integers(-5, 2**65),
+                "reference": st.sampled_from(
+                    ["target", "lowest_positive"] + ([] if valid else ["mean"])
+                ),
+            },
+        )
+        return st.one_of(st.just({}), st.just({}), keywords)
 
     @st.composite
     def features(draw: Any) -> tuple[Arr, Arr, int, int, bool]:
