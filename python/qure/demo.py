@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_open_shapes_benchmark
+from .datasets.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_open_shapes_benchmark
 from .metrics import ndcg_at_k, preference_rate, recall_at_k, summarize, target_ranks
 from .mining import mine_negatives
 from .models import TinyCIRModel

@@ -1,5 +1,8 @@
-"""Loaders and evaluators for the benchmarks' released files (NumPy and the standard library only).
+"""Data sets: the built-in shapes benchmark and loaders and evaluators for the benchmarks'
+released files (NumPy and the standard library only).
 
+* :mod:`qure.datasets.shapes`: the procedural shapes CIR benchmark of the demo (rendered with
+  NumPy; import it from there, it is not re-exported here).
 * :mod:`qure.datasets.hpfiq`: HP-FashionIQ, the human-preference judgements released with QuRe.
 * :mod:`qure.datasets.fashioniq`, :mod:`~qure.datasets.cirr`, :mod:`~qure.datasets.circo`: the
   three benchmarks in their released layouts, each split as a :class:`CIRSplit` (index arrays
