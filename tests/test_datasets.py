@@ -291,6 +291,86 @@ def test_cirsplit_validates() -> None:
         CIRSplit(**{**kwargs, "query_ids": []})
 
 
+# --------------------------------------------------------------------------------------------
+# the benchmark plug-ins
+
+
+def fake_encoder(dim: int = 8):
+    """Features that depend only on the split's name and sizes (no model needed)."""
+
+    def encode(split):
+        rng = np.random.default_rng(len(split.name) * 1000 + len(split))
+        queries = rng.standard_normal((len(split), dim)).astype(np.float32)
+        gallery = rng.standard_normal((split.n_gallery, 2, dim)).astype(np.float32)
+        return queries, gallery
+
+    return encode
+
+
+def test_registry_lists_the_plug_ins() -> None:
+    from qure.datasets import BENCHMARKS, circo, cirr, fashioniq
+
+    assert BENCHMARKS == {"fashioniq": fashioniq, "cirr": cirr, "circo": circo}
+    for module in BENCHMARKS.values():
+        assert all(callable(getattr(module, f)) for f in ("load", "evaluate", "write_submission"))
+    assert list(BENCHMARKS["fashioniq"].load(FIQ, "val", {"categories": ["shirt"]})) == ["shirt"]
+    assert BENCHMARKS["cirr"].load(CIRR, "test")["cirr"].name == "cirr/test1"
+    assert BENCHMARKS["circo"].load(CIRCO, "val")["circo"].name == "circo/val"
+
+
+def test_plug_ins_evaluate_as_their_metrics_define(tmp_path) -> None:
+    import qure
+    from qure.datasets import circo, cirr, fashioniq
+    from qure.metrics import ranked_without_reference
+
+    encode = fake_encoder()
+    splits = fashioniq.load(FIQ, "val")
+    ranks = {c: qure.target_rank(*encode(s), s.target) for c, s in splits.items()}
+    assert fashioniq.evaluate(splits, encode) == fashioniq.fashioniq_recall(ranks, ks=(10, 50))
+    with pytest.raises(ValueError, match="not public"):
+        fashioniq.write_submission(splits, encode, tmp_path)
+
+    splits = cirr.load(CIRR, "val")
+    s = splits["cirr"]
+    scores = qure.score(*encode(s))
+    got = cirr.evaluate(splits, encode)
+    recall = cirr.cirr_recall(scores, s.target, s.reference, ks=(1, 5, 10, 50))
+    subset = cirr.cirr_subset_recall(scores, s.target, s.reference, s.members, ks=(1, 2, 3))
+    assert got == {**recall, **subset, "(R@5+Rsubset@1)/2": cirr.cirr_average(recall, subset)}
+    files = cirr.write_submission(cirr.load(CIRR, "test"), encode, tmp_path)
+    assert [Path(f).name for f in files] == [
+        "cirr_test1_recall_submission.json",
+        "cirr_test1_recall_subset_submission.json",
+    ]
+
+    splits = circo.load(CIRCO, "val")
+    s = splits["circo"]
+    ranked = ranked_without_reference(*encode(s), s.reference, 50)
+    assert circo.evaluate(splits, encode) == circo.circo_map(ranked, s.ground_truth)
+    test = circo.load(CIRCO, "test")
+    with pytest.raises(ValueError, match="no ground truths"):
+        circo.evaluate(test, encode)
+    (file,) = circo.write_submission(test, encode, tmp_path)
+    submission = json.loads(Path(file).read_text())
+    assert set(submission) == set(test["circo"].query_ids)
+    assert all(len(ids) == 40 - 1 for ids in submission.values())  # 40 images, reference out
+
+
+def test_split_subclasses_check_and_keep_their_fields() -> None:
+    from qure.datasets import CIRCOSplit, CIRRSplit, FashionIQSplit
+
+    cirr = load_cirr(CIRR, "val")
+    assert isinstance(cirr, CIRRSplit) and isinstance(cirr.subset([0]), CIRRSplit)
+    assert repr(cirr).startswith("CIRRSplit('cirr/val'")
+    fields = dict(cirr.__dict__)
+    with pytest.raises(ValueError, match="members has 1 entries"):
+        CIRRSplit(**{**fields, "members": fields["members"][:1]})
+    circo = load_circo(CIRCO, "test")
+    assert isinstance(circo, CIRCOSplit) and circo.subset([1, 0]).ground_truth is None
+    fiq = load_fashioniq(FIQ, "val", "dress")["dress"]
+    assert isinstance(fiq, FashionIQSplit) and fiq.subset([0]).category == "dress"
+
+
 def test_read_images() -> None:
     pytest.importorskip("PIL")
     s = load_fashioniq(FIQ, "val", "dress")["dress"]

@@ -12,13 +12,13 @@ and compute in float64 (rankings come from qure's core):
 * :func:`set_scores`, :func:`preference_rate`: the HP-FashionIQ preference rate (QuRe, Eq. 8-9)
   with an oracle relevance in place of human raters; :func:`preference_agreement`, its core on
   per-query set scores (also behind :func:`qure.datasets.hpfiq_preference_rate`).
+* :func:`summarize`: mean and standard deviation over seeds/runs, ignoring NaN.
 
 The benchmarks' official metrics live with their data sets: :mod:`qure.datasets.fashioniq`
 (``fashioniq_recall``), :mod:`qure.datasets.cirr` (``cirr_recall``, ``cirr_subset_recall``,
 ``cirr_average``) and :mod:`qure.datasets.circo` (``circo_map``). :func:`as_cutoffs`,
 :func:`as_query_indices` and :func:`check_index_range` are the argument checks they share with
 the metrics here.
-* :func:`summarize`: mean and standard deviation over seeds/runs, ignoring NaN.
 """
 
 from __future__ import annotations
