@@ -1,4 +1,5 @@
-"""Tests of the benchmarks' official metrics in ``qure.metrics``: CIRR, CIRCO and FashionIQ.
+"""Tests of the benchmarks' official metrics (``qure.datasets.cirr``, ``qure.datasets.circo``,
+``qure.datasets.fashioniq``): CIRR, CIRCO and FashionIQ.
 
 Every case is worked by hand (the expected fractions are written out); a small brute-force
 comparison checks the CIRR ranks with ties.
@@ -11,14 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from qure.metrics import (
-    circo_map,
-    cirr_average,
-    cirr_recall,
-    cirr_subset_recall,
-    fashioniq_recall,
-    recall_at_k,
-)
+from qure.datasets.circo import circo_map
+from qure.datasets.cirr import cirr_average, cirr_recall, cirr_subset_recall
+from qure.datasets.fashioniq import fashioniq_recall
+from qure.metrics import recall_at_k
 
 # --------------------------------------------------------------------------------------------
 # CIRR Recall@K

@@ -152,7 +152,7 @@ def test_clip_backbone_trains_with_topk_mining(tmp_path):
 
 
 def test_bad_configs_are_refused(tmp_path):
-    from qure.benchmarks import load_config
+    from qure.experiments import load_config
 
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.json")
@@ -178,6 +178,6 @@ def test_bad_configs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown train settings"):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
-        from qure.benchmarks import evaluate_from_config
+        from qure.experiments import evaluate_from_config
 
         evaluate_from_config(CONFIGS / "cirr.json", tmp_path / "nope.pt", output=tmp_path)

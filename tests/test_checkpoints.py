@@ -293,8 +293,8 @@ def test_sigkill_while_writing_a_checkpoint(data, tmp_path, method, kill_at):
 
 
 def test_feature_cache_key_follows_what_features_depend_on(tmp_path):
-    from qure.benchmarks import feature_cache_key
     from qure.datasets import CIRSplit
+    from qure.experiments import feature_cache_key
     from qure.models import TargetPad
 
     checkpoint = tmp_path / "last.pt"

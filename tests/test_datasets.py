@@ -61,7 +61,7 @@ def test_fashioniq_counts(split, queries, gallery, images) -> None:
         )
         assert s.reference.dtype == np.int64 and s.target.dtype == np.int64
         assert s.query_ids == [f"{category}/{i}" for i in range(queries)]
-        assert s.extra["category"] == category
+        assert s.category == category
         assert all(p.is_file() and p.stem == n for p, n in zip(s.images, s.image_names))
 
 
@@ -77,7 +77,7 @@ def test_fashioniq_text() -> None:
                 f"{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}" for c1, c2 in pairs
             ]
             assert s.texts == expected
-            assert s.extra["captions"] == [tuple(e["captions"]) for e in raw]
+            assert s.captions == [tuple(e["captions"]) for e in raw]
     dress = load_fashioniq(FIQ, "test", "dress")["dress"]
     assert "Has a v-neck and has buttons" in dress.texts
 
@@ -156,7 +156,7 @@ def test_cirr(split, queries, images, first_pairid) -> None:
     assert s.query_ids == [str(first_pairid + i) for i in range(queries)]
     assert s.texts == [e["caption"] for e in raw]
     assert [s.image_names[r] for r in s.reference] == [e["reference"] for e in raw]
-    members = s.extra["members"]
+    members = s.members
     assert len(members) == queries
     for q, (m, e) in enumerate(zip(members, raw)):
         assert m.dtype == np.int64 and m.shape == (6,)
@@ -202,11 +202,11 @@ def test_circo_val() -> None:
     assert [int(n) for n in s.image_names] == ids
     assert all(p.is_file() and p.name == f"{int(n):012d}.jpg" for p, n in zip(s.images, ids))
     assert s.texts == [e["relative_caption"] for e in raw]
-    assert s.extra["shared_concept"] == [e["shared_concept"] for e in raw]
+    assert s.shared_concepts == [e["shared_concept"] for e in raw]
     assert s.query_ids == [str(e["id"]) for e in raw]
     assert [ids[r] for r in s.reference] == [e["reference_img_id"] for e in raw]
     assert [ids[t] for t in s.target] == [e["target_img_id"] for e in raw]
-    gt = s.extra["gt"]
+    gt = s.ground_truth
     assert [len(g) for g in gt] == [1, 2, 3, 4, 2, 3]
     for q, (g, e) in enumerate(zip(gt, raw)):
         assert g.dtype == np.int64
@@ -219,7 +219,7 @@ def test_circo_test() -> None:
     raw = read(CIRCO / "annotations" / "test.json")
     assert (len(s), s.n_gallery) == (4, 40)
     assert s.target.tolist() == [-1] * 4
-    assert "gt" not in s.extra
+    assert s.ground_truth is None
     assert s.texts == [e["relative_caption"] for e in raw]
     assert [int(s.image_names[r]) for r in s.reference] == [e["reference_img_id"] for e in raw]
 
@@ -230,7 +230,7 @@ def test_circo_duplicate_gt_kept_once(tmp_path) -> None:
     raw = read(file)
     raw[1]["gt_img_ids"].append(raw[1]["gt_img_ids"][0])
     file.write_text(json.dumps(raw))
-    assert len(load_circo(root, "val").extra["gt"][1]) == 2
+    assert len(load_circo(root, "val").ground_truth[1]) == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,19 +247,19 @@ def test_subset() -> None:
     assert sub.target.tolist() == s.target[[5, 0, 5]].tolist()
     assert sub.texts == [s.texts[5], s.texts[0], s.texts[5]]
     assert sub.query_ids == ["dress/5", "dress/0", "dress/5"]
-    assert sub.extra["category"] == "dress"
-    assert sub.extra["captions"] == [s.extra["captions"][i] for i in (5, 0, 5)]
+    assert sub.category == "dress"
+    assert sub.captions == [s.captions[i] for i in (5, 0, 5)]
     mask = np.zeros(len(s), dtype=bool)
     mask[[1, 3]] = True
     assert s.subset(mask).query_ids == ["dress/1", "dress/3"]
     assert len(s.subset([])) == 0
     assert s.subset([-1]).query_ids == ["dress/11"]
     cirr = load_cirr(CIRR, "val").subset([2])
-    assert len(cirr.extra["members"]) == 1
-    assert cirr.extra["members"][0].tolist() == load_cirr(CIRR, "val").extra["members"][2].tolist()
+    assert len(cirr.members) == 1
+    assert cirr.members[0].tolist() == load_cirr(CIRR, "val").members[2].tolist()
     circo = load_circo(CIRCO, "val").subset(range(3, 5))
-    assert [len(g) for g in circo.extra["gt"]] == [4, 2]
-    assert circo.extra["shared_concept"] == ["a pizza", "a clock tower"]
+    assert [len(g) for g in circo.ground_truth] == [4, 2]
+    assert circo.shared_concepts == ["a pizza", "a clock tower"]
     with pytest.raises(IndexError):
         s.subset([12])
     with pytest.raises(ValueError, match="mask"):
@@ -289,6 +289,86 @@ def test_cirsplit_validates() -> None:
         CIRSplit(**kwargs, gallery_ids=np.zeros(3))
     with pytest.raises(ValueError, match="query_ids"):
         CIRSplit(**{**kwargs, "query_ids": []})
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark plug-ins
+
+
+def fake_encoder(dim: int = 8):
+    """Features that depend only on the split's name and sizes (no model needed)."""
+
+    def encode(split):
+        rng = np.random.default_rng(len(split.name) * 1000 + len(split))
+        queries = rng.standard_normal((len(split), dim)).astype(np.float32)
+        gallery = rng.standard_normal((split.n_gallery, 2, dim)).astype(np.float32)
+        return queries, gallery
+
+    return encode
+
+
+def test_registry_lists_the_plug_ins() -> None:
+    from qure.datasets import BENCHMARKS, circo, cirr, fashioniq
+
+    assert BENCHMARKS == {"fashioniq": fashioniq, "cirr": cirr, "circo": circo}
+    for module in BENCHMARKS.values():
+        assert all(callable(getattr(module, f)) for f in ("load", "evaluate", "write_submission"))
+    assert list(BENCHMARKS["fashioniq"].load(FIQ, "val", {"categories": ["shirt"]})) == ["shirt"]
+    assert BENCHMARKS["cirr"].load(CIRR, "test")["cirr"].name == "cirr/test1"
+    assert BENCHMARKS["circo"].load(CIRCO, "val")["circo"].name == "circo/val"
+
+
+def test_plug_ins_evaluate_as_their_metrics_define(tmp_path) -> None:
+    import qure
+    from qure.datasets import circo, cirr, fashioniq
+    from qure.metrics import ranked_without_reference
+
+    encode = fake_encoder()
+    splits = fashioniq.load(FIQ, "val")
+    ranks = {c: qure.target_rank(*encode(s), s.target) for c, s in splits.items()}
+    assert fashioniq.evaluate(splits, encode) == fashioniq.fashioniq_recall(ranks, ks=(10, 50))
+    with pytest.raises(ValueError, match="not public"):
+        fashioniq.write_submission(splits, encode, tmp_path)
+
+    splits = cirr.load(CIRR, "val")
+    s = splits["cirr"]
+    scores = qure.score(*encode(s))
+    got = cirr.evaluate(splits, encode)
+    recall = cirr.cirr_recall(scores, s.target, s.reference, ks=(1, 5, 10, 50))
+    subset = cirr.cirr_subset_recall(scores, s.target, s.reference, s.members, ks=(1, 2, 3))
+    assert got == {**recall, **subset, "(R@5+Rsubset@1)/2": cirr.cirr_average(recall, subset)}
+    files = cirr.write_submission(cirr.load(CIRR, "test"), encode, tmp_path)
+    assert [Path(f).name for f in files] == [
+        "cirr_test1_recall_submission.json",
+        "cirr_test1_recall_subset_submission.json",
+    ]
+
+    splits = circo.load(CIRCO, "val")
+    s = splits["circo"]
+    ranked = ranked_without_reference(*encode(s), s.reference, 50)
+    assert circo.evaluate(splits, encode) == circo.circo_map(ranked, s.ground_truth)
+    test = circo.load(CIRCO, "test")
+    with pytest.raises(ValueError, match="no ground truths"):
+        circo.evaluate(test, encode)
+    (file,) = circo.write_submission(test, encode, tmp_path)
+    submission = json.loads(Path(file).read_text())
+    assert set(submission) == set(test["circo"].query_ids)
+    assert all(len(ids) == 40 - 1 for ids in submission.values())  # 40 images, reference out
+
+
+def test_split_subclasses_check_and_keep_their_fields() -> None:
+    from qure.datasets import CIRCOSplit, CIRRSplit, FashionIQSplit
+
+    cirr = load_cirr(CIRR, "val")
+    assert isinstance(cirr, CIRRSplit) and isinstance(cirr.subset([0]), CIRRSplit)
+    assert repr(cirr).startswith("CIRRSplit('cirr/val'")
+    fields = dict(cirr.__dict__)
+    with pytest.raises(ValueError, match="members has 1 entries"):
+        CIRRSplit(**{**fields, "members": fields["members"][:1]})
+    circo = load_circo(CIRCO, "test")
+    assert isinstance(circo, CIRCOSplit) and circo.subset([1, 0]).ground_truth is None
+    fiq = load_fashioniq(FIQ, "val", "dress")["dress"]
+    assert isinstance(fiq, FashionIQSplit) and fiq.subset([0]).category == "dress"
 
 
 def test_read_images() -> None:

@@ -16,7 +16,7 @@ pytest.importorskip("tqdm")
 
 import qure.cli  # noqa: E402
 import qure.demo  # noqa: E402
-from qure.data.shapes import SAME_DESIGN  # noqa: E402
+from qure.datasets.shapes import SAME_DESIGN  # noqa: E402
 from qure.demo import (  # noqa: E402
     DEMO_ARMS,
     EXPERIMENTS,

@@ -59,7 +59,7 @@ def site(tmp_path_factory) -> Path:
     given = os.environ.get("QURE_INSPECT_PAGE")
     if given:
         return Path(given).resolve()
-    from qure.data.shapes import SAME_DESIGN, build_open_shapes_benchmark
+    from qure.datasets.shapes import SAME_DESIGN, build_open_shapes_benchmark
 
     bench = build_open_shapes_benchmark(7, n_queries=(10, 10, 36))
     split = bench.test

@@ -14,7 +14,9 @@ from qure.metrics import (
     band_stats,
     false_negative_rate,
     ndcg_at_k,
+    preference_agreement,
     preference_rate,
+    ranked_without_reference,
     recall_at_k,
     set_scores,
     summarize,
@@ -477,3 +479,65 @@ def test_inconsistent_csr_raises_value_error():
 
     with pytest.raises(ValueError, match="indptr"):
         band_stats(Csr())
+
+
+# --------------------------------------------------------------------------------------------
+# the shared cores: ranking without the reference, preference agreement
+
+
+def _ranked_by_sorting(scores: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """Top-k by a full sort (score descending, ties by index), the reference left out."""
+    out = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    for q, row in enumerate(scores):
+        order = [
+            i for i in sorted(range(row.size), key=lambda i: (-row[i], i)) if i != reference[q]
+        ]
+        out[q, : min(k, len(order))] = order[:k]
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 12])
+def test_ranked_without_reference_matches_a_full_sort(k):
+    rng = np.random.default_rng(k)
+    queries = rng.integers(-2, 3, size=(6, 4)).astype(np.float32)  # many tied scores
+    gallery = rng.integers(-2, 3, size=(9, 2, 4)).astype(np.float32)
+    reference = np.array([0, 3, 8, 9, 12, 4])  # 9 and 12 are not in the gallery
+    scores = qure.score(queries, gallery)
+    got = ranked_without_reference(queries, gallery, reference, k)
+    assert got.dtype == np.int64 and got.shape == (6, k)
+    np.testing.assert_array_equal(got, _ranked_by_sorting(scores, reference, k))
+
+
+def test_ranked_without_reference_bad_input():
+    with pytest.raises(ValueError, match="at least 1"):
+        ranked_without_reference(np.ones((1, 2)), np.ones((3, 2)), [0], 0)
+    with pytest.raises(TypeError, match="integers"):
+        ranked_without_reference(np.ones((1, 2)), np.ones((3, 2)), [0.5], 2)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_preference_rate_is_preference_agreement_on_set_scores(symmetric):
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 4, size=(50, 12)).astype(np.float64)
+    relevance = rng.integers(0, 3, size=(50, 12)).astype(np.float64)
+    a, b = rng.integers(0, 12, size=(50, 3)), rng.integers(0, 12, size=(50, 2))
+    expected = preference_agreement(
+        set_scores(scores, a),
+        set_scores(scores, b),
+        set_scores(relevance, a),
+        set_scores(relevance, b),
+        symmetric=symmetric,
+    )
+    assert preference_rate(scores, a, b, relevance, symmetric=symmetric) == expected
+
+
+def test_preference_agreement_hand_worked():
+    # model prefers A, B, A, tie; oracle prefers A, A, tie, B
+    model_a, model_b = [2.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]
+    oracle_a, oracle_b = [1.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.5, 1.0]
+    sym = preference_agreement(model_a, model_b, oracle_a, oracle_b)
+    assert sym == {"preference_rate": 50.0, "pairs": 2, "model_ties": 1, "oracle_ties": 1}
+    eq9 = preference_agreement(model_a, model_b, oracle_a, oracle_b, symmetric=False)
+    assert eq9 == {"preference_rate": 100.0, "pairs": 1, "model_ties": 1, "oracle_ties": 1}
+    with pytest.raises(ValueError, match="one entry per query"):
+        preference_agreement([1.0], [0.0, 1.0], [1.0], [0.0])

@@ -1,4 +1,4 @@
-"""Tests of the procedural shapes CIR benchmark (``qure.data.shapes``)."""
+"""Tests of the procedural shapes CIR benchmark (``qure.datasets.shapes``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from qure.data import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_shapes_benchmark
-from qure.data import shapes as sh
+from qure.datasets import shapes as sh
+from qure.datasets.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_shapes_benchmark
 
 QUICK = (400, 100, 100)
 BIGGER_WORDS = {"bigger", "enlarge", "larger"}

@@ -144,7 +144,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .benchmarks import train_from_config
+    from .experiments import train_from_config
 
     overrides = {}
     if args.max_rank is not None:
@@ -172,7 +172,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .benchmarks import evaluate_from_config
+    from .experiments import evaluate_from_config
 
     evaluate_from_config(
         args.config,

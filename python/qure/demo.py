@@ -36,8 +36,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_open_shapes_benchmark
-from .metrics import ndcg_at_k, preference_rate, recall_at_k, summarize, target_ranks
+from .datasets.shapes import SAME_DESIGN, ShapesBenchmark, ShapesSplit, build_open_shapes_benchmark
+from .metrics import (
+    ndcg_at_k,
+    preference_rate,
+    ranked_without_reference,
+    recall_at_k,
+    summarize,
+    target_ranks,
+)
 from .mining import mine_negatives
 from .models import TinyCIRModel
 from .retrieval import score
@@ -187,21 +194,21 @@ def _train_data(bench: ShapesBenchmark, split: ShapesSplit, oracle: bool = False
     )
 
 
+def _split_features(model: torch.nn.Module, data: CIRTrainData) -> tuple[np.ndarray, np.ndarray]:
+    """A split's query features and gallery tokens."""
+    return encode_split(model, data.images, data.reference, data.text, batch=ENCODE_BATCH)
+
+
 def _split_scores(model: torch.nn.Module, data: CIRTrainData) -> np.ndarray:
     """(Q, G) scores of a split's queries against its gallery."""
-    queries, tokens = encode_split(
-        model, data.images, data.reference, data.text, batch=ENCODE_BATCH
-    )
-    return score(queries, tokens)
+    return score(*_split_features(model, data))
 
 
-def _ranked(scores: np.ndarray, k: int, reference: np.ndarray) -> np.ndarray:
-    """Top-k gallery indices per row (score descending, ties by ascending index), each query's
-    reference image removed, as CIRR evaluates."""
-    masked = scores.copy()
-    masked[np.arange(len(reference)), reference] = -np.inf
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -masked))
-    return order[:, :k]
+def _ranked(model: torch.nn.Module, data: CIRTrainData, k: int) -> np.ndarray:
+    """The model's top-k gallery indices per query of ``data``, each query's reference image
+    taken out, as CIRR evaluates."""
+    queries, tokens = _split_features(model, data)
+    return ranked_without_reference(queries, tokens, data.reference, k)
 
 
 def used_false_negative_rate(
@@ -239,10 +246,12 @@ def _evaluate(
     relevance: np.ndarray,
     system_sets: list[np.ndarray],
 ) -> dict[str, float]:
-    scores = _split_scores(model, data)
+    queries, tokens = _split_features(model, data)
+    scores = score(queries, tokens)
     ranks = target_ranks(scores, data.target, exclude=data.reference)
     metrics = recall_at_k(ranks, ks=(1, 5, 10, 50))
-    metrics["nDCG@10"] = ndcg_at_k(_ranked(scores, 10, data.reference), relevance, k=10)
+    top = ranked_without_reference(queries, tokens, data.reference, 10)
+    metrics["nDCG@10"] = ndcg_at_k(top, relevance, k=10)
     agree = pairs = 0.0
     for a in range(len(system_sets)):
         for b in range(a + 1, len(system_sets)):
@@ -399,13 +408,12 @@ class _Context:
     def validate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
         """Per-epoch validation metrics for the training log and the curves."""
         data = self.val_data
-        scores = _split_scores(model, data)
-        ranks = target_ranks(scores, data.target, exclude=data.reference)
+        queries, tokens = _split_features(model, data)
+        ranks = target_ranks(score(queries, tokens), data.target, exclude=data.reference)
+        top = ranked_without_reference(queries, tokens, data.reference, 10)
         return {
             "val_R@10": recall_at_k(ranks, ks=(10,))["R@10"],
-            "val_nDCG@10": ndcg_at_k(
-                _ranked(scores, 10, data.reference), self.bench.val.relevance, k=10
-            ),
+            "val_nDCG@10": ndcg_at_k(top, self.bench.val.relevance, k=10),
         }
 
     def fine_tune(self, arm_name: str, seed: int, progress: bool) -> dict[str, Any]:
@@ -571,9 +579,7 @@ def _run(
     for state in snapshots[-4:]:
         system = TinyCIRModel(len(bench.vocab))
         system.load_state_dict(state)
-        context.system_sets.append(
-            _ranked(_split_scores(system, eval_data), 5, eval_data.reference)
-        )
+        context.system_sets.append(_ranked(system, eval_data, 5))
     context.start_state = copy.deepcopy(start_model.state_dict())
     start_metrics = _evaluate(
         start_model, eval_data, context.eval_split.relevance, context.system_sets
@@ -861,10 +867,7 @@ def _plots(
     shown = 2
     top_k = 8
     arms = list(models)
-    tops = {
-        name: _ranked(_split_scores(m, eval_data), top_k, eval_data.reference)[:shown]
-        for name, m in models.items()
-    }
+    tops = {name: _ranked(m, eval_data, top_k)[:shown] for name, m in models.items()}
     n_rows = shown * len(arms)
     fig, axes = plt.subplots(
         n_rows, top_k + 1, figsize=(1.45 * (top_k + 1), 1.5 * n_rows + 0.7), squeeze=False

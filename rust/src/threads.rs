@@ -64,7 +64,27 @@ pub fn default_num_threads() -> usize {
 /// pool (up to `MAX_THREADS`) light on address space where that is capped (`ulimit -v`).
 const STACK_BYTES: usize = 1 << 20;
 
+/// Address space asked for, and given back, before a pool of `n` threads starts: room for
+/// their stacks and as much again for what each thread allocates when it starts (thread-local
+/// state, a malloc arena's first block), plus a fixed margin. A thread that starts and then
+/// cannot allocate its thread-local state aborts the process (glibc cannot report it), so
+/// where the address space is capped (`ulimit -v`) a pool that would not fit is refused before
+/// any thread starts. The reservation is only address space: nothing is touched.
+fn headroom(n: usize) -> usize {
+    n.saturating_mul(2 * STACK_BYTES).saturating_add(64 << 20)
+}
+
 fn build(n: usize) -> Result<Arc<Pool>> {
+    let room = headroom(n);
+    let mut probe: Vec<u8> = Vec::new();
+    if probe.try_reserve_exact(room).is_err() {
+        return Err(QureError::invalid(format!(
+            "could not start {n} threads: {} MiB of address space for their stacks is not \
+             available (is it capped, e.g. by ulimit -v?)",
+            room >> 20
+        )));
+    }
+    drop(probe);
     let mut started = Vec::new();
     let built = ThreadPoolBuilder::new()
         .num_threads(n)

@@ -18,7 +18,6 @@ variant.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Union
 
 import numpy as np
+
+from ..metrics import preference_agreement
 
 __all__ = [
     "PLACEHOLDER",
@@ -305,16 +306,16 @@ def hpfiq_set_scores(judgements: Sequence[HPFIQJudgement], score_fn: ScoreFn) ->
     return out
 
 
-def _rates(s1: np.ndarray, s2: np.ndarray, preferred: np.ndarray) -> tuple[float, int, float, int]:
-    first = s1 > s2
-    strict = s1 != s2
-    pairs_eq9 = int(first.sum())
-    agree_eq9 = int((first & (preferred == 1)).sum())
-    pairs_sym = int(strict.sum())
-    agree_sym = int((strict & (np.where(first, 1, 2) == preferred)).sum())
-    eq9 = 100.0 * agree_eq9 / pairs_eq9 if pairs_eq9 else math.nan
-    sym = 100.0 * agree_sym / pairs_sym if pairs_sym else math.nan
-    return eq9, pairs_eq9, sym, pairs_sym
+def _rates(
+    s1: np.ndarray, s2: np.ndarray, preferred: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Eq. 9 and the symmetric rate (:func:`qure.metrics.preference_agreement`): the human
+    preference is an oracle scoring the preferred set 1 and the other 0 (never a tie)."""
+    human_1 = (preferred == 1).astype(np.float64)
+    human_2 = 1.0 - human_1
+    eq9 = preference_agreement(s1, s2, human_1, human_2, symmetric=False)
+    sym = preference_agreement(s1, s2, human_1, human_2, symmetric=True)
+    return eq9, sym
 
 
 def hpfiq_preference_rate(
@@ -364,20 +365,18 @@ def hpfiq_preference_rate(
     preferred = np.array([j.preferred for j in judgements], dtype=np.int64)
     consistent = np.array([_consistent(j) for j in judgements], dtype=bool)
     s1, s2 = scores[:, 0], scores[:, 1]
-    eq9, pairs_eq9, sym, pairs_sym = _rates(s1, s2, preferred)
-    eq9_c, pairs_eq9_c, sym_c, pairs_sym_c = _rates(
-        s1[consistent], s2[consistent], preferred[consistent]
-    )
+    eq9, sym = _rates(s1, s2, preferred)
+    eq9_c, sym_c = _rates(s1[consistent], s2[consistent], preferred[consistent])
     return {
-        "preference_rate": eq9,
-        "symmetric_rate": sym,
-        "pairs_eq9": pairs_eq9,
-        "pairs_symmetric": pairs_sym,
-        "model_ties": int((s1 == s2).sum()),
-        "preference_rate_consistent": eq9_c,
-        "symmetric_rate_consistent": sym_c,
-        "pairs_eq9_consistent": pairs_eq9_c,
-        "pairs_symmetric_consistent": pairs_sym_c,
+        "preference_rate": eq9["preference_rate"],
+        "symmetric_rate": sym["preference_rate"],
+        "pairs_eq9": eq9["pairs"],
+        "pairs_symmetric": sym["pairs"],
+        "model_ties": sym["model_ties"],
+        "preference_rate_consistent": eq9_c["preference_rate"],
+        "symmetric_rate_consistent": sym_c["preference_rate"],
+        "pairs_eq9_consistent": eq9_c["pairs"],
+        "pairs_symmetric_consistent": sym_c["pairs"],
         "judgements": len(judgements),
         "consistent": int(consistent.sum()),
     }

@@ -4,6 +4,8 @@ tokens, BLIP-2 style) and a (reference image, text) query to one L2-normalised e
 - :class:`TinyCIRModel`: a small CNN model for the built-in shapes benchmark (uint8 images);
 - :class:`Blip2QuRe`: BLIP-2 as QuRe trains it (``transformers.Blip2ForImageTextRetrieval``);
 - :class:`ClipCombiner`: CLIP with a CLIP4Cir combiner (``transformers.CLIPModel``);
+- :mod:`~qure.models.hf`: what those two share (:class:`~qure.models.hf.HFCIRModel`, the
+  tokenizer and input helpers);
 - :func:`build_model` / :func:`save_model` / :func:`load_model`: models from JSON specs.
 
 ``transformers`` (and Pillow, for ``preprocess``) are imported only when a real backbone is

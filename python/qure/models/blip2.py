@@ -26,12 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .preprocess import BLIP2_MEAN, BLIP2_STD, build_transform
+from .hf import HFCIRModel, check_pixels
+from .preprocess import BLIP2_MEAN, BLIP2_STD
 
 __all__ = ["BLIP2_SPECIALS", "Blip2QuRe", "tiny_blip2_config"]
 
@@ -139,89 +139,11 @@ def bert_tokenizer_from_vocab(vocab: Sequence[str]) -> Any:
         return Bert.from_pretrained(folder, do_lower_case=True)
 
 
-def check_pixels(pixels: torch.Tensor, who: str) -> None:
-    """Raises unless ``pixels`` is a float ``(N, 3, H, W)`` batch."""
-    if not isinstance(pixels, torch.Tensor):
-        raise TypeError(f"{who} takes a torch tensor of pixels, got {type(pixels).__name__}")
-    if pixels.ndim != 4 or pixels.shape[1] != 3 or not pixels.is_floating_point():
-        raise ValueError(
-            f"{who} takes preprocessed float pixels (N, 3, H, W) (see model.preprocess), got "
-            f"{pixels.dtype} {tuple(pixels.shape)}"
-        )
-
-
-def ids_and_mask(
-    text: torch.Tensor | np.ndarray,
-    pad_id: int,
-    device: torch.device,
-    *,
-    batch: int,
-    max_len: int,
-    vocab_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids with padding (-1) replaced by ``pad_id``, and the ``text >= 0`` mask (long);
-    checks the shape against ``batch`` reference images, the length and the id range."""
-    if not isinstance(text, torch.Tensor):
-        text = torch.as_tensor(np.asarray(text))
-    if text.ndim != 2 or text.is_floating_point() or text.dtype == torch.bool:
-        raise ValueError(f"text must be (B, L) integer ids, got {text.dtype} {tuple(text.shape)}")
-    if text.shape[0] != batch:
-        raise ValueError(f"{batch} reference images but {text.shape[0]} texts")
-    if text.shape[1] > max_len:
-        raise ValueError(f"texts of {text.shape[1]} tokens exceed the model's {max_len}")
-    text = text.to(device=device, dtype=torch.long)
-    if text.numel() and int(text.max()) >= vocab_size:
-        raise ValueError(f"token id {int(text.max())} outside the vocabulary of {vocab_size}")
-    mask = text >= 0
-    return text.masked_fill(~mask, pad_id), mask.long()
-
-
 def _ones(shape: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.ones(tuple(shape), dtype=torch.long, device=device)
 
 
-def hf_tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> np.ndarray:
-    """``(Q, L)`` int64 ids from a transformers tokenizer, padding positions -1.
-
-    ``L`` is the longest tokenised text (special tokens included), at most ``max_len``.
-    """
-    if isinstance(texts, str):
-        raise TypeError("tokenize takes a sequence of texts, not a single string")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
-        raise ValueError(f"max_len must be an integer >= 2, got {max_len!r}")
-    texts = [str(t) for t in texts]
-    if not texts:
-        return np.zeros((0, 0), dtype=np.int64)
-    enc = tokenizer(
-        texts, padding="longest", truncation=True, max_length=max_len, return_attention_mask=True
-    )
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    mask = np.asarray(enc["attention_mask"], dtype=bool)
-    ids[~mask] = -1
-    return ids
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
-
-
-def load_tokenizer(source: str | os.PathLike[str]) -> Any:
-    """``AutoTokenizer.from_pretrained(source)`` (a folder or hub id).
-
-    A local folder must hold tokenizer files: transformers 5 otherwise quietly builds an empty
-    tokenizer (special tokens only) that maps every word to the unknown token.
-    """
-    from transformers import AutoTokenizer
-
-    path = Path(source)
-    if path.is_dir() and not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        raise FileNotFoundError(
-            f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path}; save the tokenizer "
-            "there with tokenizer.save_pretrained(folder)"
-        )
-    return AutoTokenizer.from_pretrained(str(source))
-
-
-class Blip2QuRe(nn.Module):
+class Blip2QuRe(HFCIRModel):
     """BLIP-2 (``Blip2ForImageTextRetrieval``) as a qure CIR model.
 
     ``pretrained``: a local folder or hub id for ``Blip2ForImageTextRetrieval.from_pretrained``
@@ -236,6 +158,7 @@ class Blip2QuRe(nn.Module):
     """
 
     backbone = "blip2"
+    hf_attribute = "blip"
 
     def __init__(
         self,
@@ -248,35 +171,20 @@ class Blip2QuRe(nn.Module):
         super().__init__()
         from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
-        if (pretrained is None) == (config is None):
-            raise ValueError("give exactly one of pretrained (a folder or hub id) and config")
         if vision_fp16 and not freeze_vision:
             raise ValueError("vision_fp16 needs freeze_vision=True (no float16 training)")
         self.freeze_vision = bool(freeze_vision)
         self.vision_fp16 = bool(vision_fp16)
-        if pretrained is not None:
-            self.blip = Blip2ForImageTextRetrieval.from_pretrained(str(pretrained))
-            # transformers 5 loads in the checkpoint's dtype by default; train in float32.
-            self.blip.float()
-            self.tokenizer = load_tokenizer(pretrained)
-        else:
-            assert config is not None
-            if "hf_config" in config:
-                hf_config: Any = Blip2Config.from_dict(dict(config["hf_config"]))
-            else:
-                hf_config = tiny_blip2_config(config)
-            self.blip = Blip2ForImageTextRetrieval(hf_config)
+        self.blip, hf_config = self.build(
+            Blip2ForImageTextRetrieval, Blip2Config, pretrained, config, tiny_blip2_config
+        )
+        if hf_config is not None:
             # transformers zero-initialises the query tokens (they come from checkpoints);
             # LAVIS draws them from N(0, 0.02), which a random model needs to tell them apart.
             with torch.no_grad():
                 std = float(hf_config.qformer_config.initializer_range)
                 self.blip.query_tokens.normal_(0.0, std)
-            if "tokenizer" in config:
-                self.tokenizer = load_tokenizer(config["tokenizer"])
-            elif "vocab" in config:
-                self.tokenizer = bert_tokenizer_from_vocab(config["vocab"])
-            else:
-                raise ValueError("config needs 'vocab' (a list of words) or 'tokenizer' (a folder)")
+        tokenizer = self.build_tokenizer(pretrained, config, from_vocab=bert_tokenizer_from_vocab)
         cfg: Any = self.blip.config
         if not getattr(cfg.qformer_config, "use_qformer_text_input", True):
             raise ValueError(
@@ -284,15 +192,14 @@ class Blip2QuRe(nn.Module):
                 "(qformer_config.use_qformer_text_input=False); use an image-text retrieval "
                 "checkpoint such as Salesforce/blip2-itm-vit-g"
             )
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else 0)
+        self.init_text(
+            tokenizer,
+            max_text_len=cfg.qformer_config.max_position_embeddings,
+            vocab_size=cfg.qformer_config.vocab_size,
+        )
         self.n_tokens = int(cfg.num_query_tokens)
         self.dim = int(cfg.image_text_hidden_size)
-        self.max_text_len = int(cfg.qformer_config.max_position_embeddings)
-        self.vocab_size = int(cfg.qformer_config.vocab_size)
-        size = cfg.vision_config.image_size
-        self.image_size = int(size if isinstance(size, int) else size[0])
-        self.preprocess = build_transform(self.image_size, BLIP2_MEAN, BLIP2_STD, target_pad=1.25)
+        self.init_image(cfg.vision_config.image_size, BLIP2_MEAN, BLIP2_STD)
         self.temp = nn.Parameter(torch.tensor(0.07))
         if self.freeze_vision:
             self.blip.vision_model.requires_grad_(False)
@@ -302,20 +209,16 @@ class Blip2QuRe(nn.Module):
         # Unused by qure's scoring; frozen so that optimisers and DDP do not wait for them.
         self.blip.itm_head.requires_grad_(False)
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.blip.vision_model] if self.freeze_vision else []
+
+    def spec_options(self) -> dict[str, Any]:
+        return {"freeze_vision": self.freeze_vision, "vision_fp16": self.vision_fp16}
+
     @property
     def temperature(self) -> torch.Tensor:
         """The learned loss temperature, clamped to [0.001, 0.5] as in BLIP-2."""
         return self.temp.clamp(0.001, 0.5)
-
-    def train(self, mode: bool = True) -> Blip2QuRe:
-        super().train(mode)
-        if self.freeze_vision:
-            self.blip.vision_model.eval()
-        return self
-
-    def tokenize(self, texts: Sequence[str], max_len: int = 64) -> np.ndarray:
-        """``(Q, L)`` int64 BERT token ids (``[CLS] ... [SEP]``), padding positions -1."""
-        return hf_tokenize(self.tokenizer, texts, min(max_len, self.max_text_len))
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """ViT patch features ``(N, P, hidden)`` in the Q-Former's dtype."""
@@ -348,14 +251,7 @@ class Blip2QuRe(nn.Module):
         """
         feats = self._image_features(reference)
         b = feats.shape[0]
-        ids, mask = ids_and_mask(
-            text,
-            self.pad_id,
-            feats.device,
-            batch=b,
-            max_len=self.max_text_len,
-            vocab_size=self.vocab_size,
-        )
+        ids, mask = self.text_inputs(text, b, feats.device)
         query = self.blip.query_tokens.expand(b, -1, -1)
         embeds = self.blip.embeddings(input_ids=ids, query_embeds=query)
         attention = torch.cat([_ones((b, self.n_tokens), ids.device), mask], dim=1)
@@ -369,15 +265,3 @@ class Blip2QuRe(nn.Module):
         proj = self.blip.text_projection
         tokens = proj(out[:, : self.n_tokens].to(proj.weight.dtype))
         return F.normalize(tokens.mean(dim=1), dim=-1)
-
-    def export_spec(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
-        """Writes the tokenizer to ``folder/tokenizer`` and returns the spec that rebuilds this
-        architecture offline (``build_model(spec)``; the weights come separately)."""
-        self.tokenizer.save_pretrained(str(Path(folder) / "tokenizer"))
-        return {
-            "backbone": self.backbone,
-            "pretrained": None,
-            "config": {"hf_config": self.blip.config.to_dict(), "tokenizer": "tokenizer"},
-            "freeze_vision": self.freeze_vision,
-            "vision_fp16": self.vision_fp16,
-        }

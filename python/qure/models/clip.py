@@ -33,13 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blip2 import check_pixels, hf_tokenize, ids_and_mask, load_tokenizer
-from .preprocess import CLIP_MEAN, CLIP_STD, build_transform
+from .hf import HFCIRModel, check_pixels, load_tokenizer
+from .preprocess import CLIP_MEAN, CLIP_STD
 
 __all__ = ["ClipCombiner", "Combiner", "WordTokenizer", "tiny_clip_config"]
 
@@ -197,7 +196,7 @@ class Combiner(nn.Module):
         return F.normalize(self.output(combined) + g * text + (1 - g) * image, dim=-1)
 
 
-class ClipCombiner(nn.Module):
+class ClipCombiner(HFCIRModel):
     """CLIP (``transformers.CLIPModel``) with a CLIP4Cir combiner as a qure CIR model.
 
     ``pretrained``: a local folder or hub id for ``CLIPModel.from_pretrained`` (tokenizer from
@@ -212,6 +211,7 @@ class ClipCombiner(nn.Module):
     """
 
     backbone = "clip"
+    hf_attribute = "clip"
 
     def __init__(
         self,
@@ -227,30 +227,15 @@ class ClipCombiner(nn.Module):
         super().__init__()
         from transformers import CLIPConfig, CLIPModel
 
-        if (pretrained is None) == (config is None):
-            raise ValueError("give exactly one of pretrained (a folder or hub id) and config")
         self.freeze_backbone, self.freeze_text = bool(freeze_backbone), bool(freeze_text)
-        self.tokenizer: Any
-        if pretrained is not None:
-            self.clip = CLIPModel.from_pretrained(str(pretrained))
-            self.clip.float()  # transformers 5 keeps the checkpoint's dtype by default
-            self.tokenizer = _load_tokenizer(pretrained)
-        else:
-            assert config is not None
+        if config is not None:
             config = dict(config)
             combiner_dim = config.pop("combiner_dim", combiner_dim)
             hidden_dim = config.pop("hidden_dim", hidden_dim)
-            if "hf_config" in config:
-                hf_config = CLIPConfig.from_dict(dict(config["hf_config"]))
-            else:
-                hf_config = tiny_clip_config(config)
-            self.clip = CLIPModel(hf_config)
-            if "tokenizer" in config:
-                self.tokenizer = _load_tokenizer(config["tokenizer"])
-            elif "vocab" in config:
-                self.tokenizer = WordTokenizer(config["vocab"])
-            else:
-                raise ValueError("config needs 'vocab' (a list of words) or 'tokenizer' (a folder)")
+        self.clip, _ = self.build(CLIPModel, CLIPConfig, pretrained, config, tiny_clip_config)
+        tokenizer = self.build_tokenizer(
+            pretrained, config, load=_load_tokenizer, from_vocab=WordTokenizer
+        )
         cfg: Any = self.clip.config
         self.dim = int(cfg.projection_dim)
         self.n_tokens = 1
@@ -258,13 +243,12 @@ class ClipCombiner(nn.Module):
         self.hidden_dim = int(hidden_dim or 8 * self.dim)
         self.dropout = float(dropout)
         self.combiner = Combiner(self.dim, self.combiner_dim, self.hidden_dim, self.dropout)
-        pad = getattr(self.tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad if pad is not None else 0)
-        self.max_text_len = int(cfg.text_config.max_position_embeddings)
-        self.vocab_size = int(cfg.text_config.vocab_size)
-        size = cfg.vision_config.image_size
-        self.image_size = int(size if isinstance(size, int) else size[0])
-        self.preprocess = build_transform(self.image_size, CLIP_MEAN, CLIP_STD, target_pad=1.25)
+        self.init_text(
+            tokenizer,
+            max_text_len=cfg.text_config.max_position_embeddings,
+            vocab_size=cfg.text_config.vocab_size,
+        )
+        self.init_image(cfg.vision_config.image_size, CLIP_MEAN, CLIP_STD)
         scale = float(self.clip.logit_scale.detach())
         self.log_temperature = nn.Parameter(torch.tensor(-scale))
         self.clip.logit_scale.requires_grad_(False)
@@ -277,22 +261,23 @@ class ClipCombiner(nn.Module):
             self.clip.text_projection.requires_grad_(False)
             self.clip.text_model.eval()
 
+    def frozen_modules(self) -> list[nn.Module]:
+        frozen = [self.clip.vision_model] if self.freeze_backbone else []
+        return frozen + ([self.clip.text_model] if self.freeze_text else [])
+
+    def spec_options(self) -> dict[str, Any]:
+        return {
+            "freeze_backbone": self.freeze_backbone,
+            "freeze_text": self.freeze_text,
+            "combiner_dim": self.combiner_dim,
+            "hidden_dim": self.hidden_dim,
+            "dropout": self.dropout,
+        }
+
     @property
     def temperature(self) -> torch.Tensor:
         """The learned loss temperature, clamped to [0.001, 0.5]."""
         return self.log_temperature.exp().clamp(0.001, 0.5)
-
-    def train(self, mode: bool = True) -> ClipCombiner:
-        super().train(mode)
-        if self.freeze_backbone:
-            self.clip.vision_model.eval()
-        if self.freeze_text:
-            self.clip.text_model.eval()
-        return self
-
-    def tokenize(self, texts: Sequence[str], max_len: int = 64) -> np.ndarray:
-        """``(Q, L)`` int64 token ids, padding positions -1 (``L`` <= CLIP's 77 positions)."""
-        return hf_tokenize(self.tokenizer, texts, min(max_len, self.max_text_len))
 
     def _image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
         check_pixels(pixels, type(self).__name__)
@@ -312,30 +297,8 @@ class ClipCombiner(nn.Module):
         ``text`` is ``(B, L)`` token ids with -1 at padding positions (see :meth:`tokenize`).
         """
         image = self._image_embedding(reference)
-        ids, mask = ids_and_mask(
-            text,
-            self.pad_id,
-            image.device,
-            batch=image.shape[0],
-            max_len=self.max_text_len,
-            vocab_size=self.vocab_size,
-        )
+        ids, mask = self.text_inputs(text, image.shape[0], image.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text):
             pooled = self.clip.text_model(input_ids=ids, attention_mask=mask).pooler_output
             words = F.normalize(self.clip.text_projection(pooled), dim=-1)
         return self.combiner(image, words)
-
-    def export_spec(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
-        """Writes the tokenizer to ``folder/tokenizer`` and returns the spec that rebuilds this
-        architecture offline (``build_model(spec)``; the weights come separately)."""
-        self.tokenizer.save_pretrained(str(Path(folder) / "tokenizer"))
-        return {
-            "backbone": self.backbone,
-            "pretrained": None,
-            "config": {"hf_config": self.clip.config.to_dict(), "tokenizer": "tokenizer"},
-            "freeze_backbone": self.freeze_backbone,
-            "freeze_text": self.freeze_text,
-            "combiner_dim": self.combiner_dim,
-            "hidden_dim": self.hidden_dim,
-            "dropout": self.dropout,
-        }

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._arrays import check_int
+
 __all__ = [
     "BLIP2_MEAN",
     "BLIP2_STD",
@@ -85,8 +87,7 @@ class TargetPad:
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
+        size = check_int(size, "size", 1)
         if ratio is not None and not ratio >= 1.0:
             raise ValueError(f"ratio must be >= 1 (or None), got {ratio}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):

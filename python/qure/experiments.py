@@ -1,5 +1,9 @@
 """``qure train`` / ``qure evaluate`` on the paper's benchmarks (FashionIQ, CIRR, CIRCO) from a
-JSON config.
+JSON config: the paper's experiments (``benches/`` holds qure's speed benchmarks instead).
+
+The benchmarks are plug-ins (:data:`qure.datasets.BENCHMARKS`): each loads its splits, computes
+its metrics and writes its evaluation server's files; this module builds the model, trains,
+encodes (caching gallery features) and dispatches by the config's ``dataset.name``.
 
 A config names the dataset (official layout under ``root``), the model (``backbone`` blip2 or
 clip, ``pretrained`` a local folder or hub id, or a tiny random ``config``), the training
@@ -13,7 +17,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,11 +27,9 @@ import torch
 
 from . import distributed as qdist
 from .checkpoint import load_model_state
-from .datasets import CIRSplit, load_circo, load_cirr, load_fashioniq
-from .metrics import circo_map, cirr_average, cirr_recall, cirr_subset_recall, fashioniq_recall
+from .datasets import BENCHMARKS, CIRSplit
 from .models.preprocess import TargetPad
 from .models.registry import build_model
-from .retrieval import score, target_rank, topk
 from .train import CIRTrainData, TrainConfig, encode_split, train
 
 __all__ = [
@@ -38,7 +40,7 @@ __all__ = [
     "train_from_config",
 ]
 
-DATASETS = ("fashioniq", "cirr", "circo")
+DATASETS = tuple(BENCHMARKS)
 
 
 class ImagePool:
@@ -94,16 +96,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def _splits(config: dict[str, Any], split: str) -> dict[str, CIRSplit]:
-    """The dataset's split(s) by name (FashionIQ: one per category)."""
+def _splits(config: dict[str, Any], split: str) -> Mapping[str, CIRSplit]:
+    """The dataset's split(s) by name (FashionIQ: one per category), from its plug-in."""
     dataset = config["dataset"]
-    name, root = dataset["name"], dataset["root"]
-    if name == "fashioniq":
-        categories = tuple(dataset.get("categories", ("dress", "shirt", "toptee")))
-        return load_fashioniq(root, split, categories=categories)
-    if name == "cirr":
-        return {"cirr": load_cirr(root, "test1" if split == "test" else split)}
-    return {"circo": load_circo(root, split)}
+    return BENCHMARKS[dataset["name"]].load(dataset["root"], split, dataset)
 
 
 def _limit(split: CIRSplit, max_queries: int | None) -> CIRSplit:
@@ -112,7 +108,7 @@ def _limit(split: CIRSplit, max_queries: int | None) -> CIRSplit:
     return split.subset(np.arange(max_queries))
 
 
-def _training_data(splits: dict[str, CIRSplit], model: torch.nn.Module) -> CIRTrainData:
+def _training_data(splits: Mapping[str, CIRSplit], model: torch.nn.Module) -> CIRTrainData:
     """One pool for all splits: every split's gallery first, then their extra references.
 
     Each split is its own mining group (FashionIQ mines within a category)."""
@@ -317,19 +313,6 @@ def _encode(
     return queries, gallery
 
 
-def _ranked_without_reference(
-    queries: np.ndarray, gallery: np.ndarray, split: CIRSplit, k: int
-) -> np.ndarray:
-    """Top-k gallery indices per query, the reference image removed (when in the gallery)."""
-    ref = np.where(split.reference < split.n_gallery, split.reference, -1)
-    exclude = [[r] if r >= 0 else [] for r in ref]
-    _, ranked = topk(queries, gallery, min(k, split.n_gallery), exclude=exclude)
-    if ranked.shape[1] < k:  # a gallery smaller than k: pad with -1 (no item)
-        pad = np.full((ranked.shape[0], k - ranked.shape[1]), -1, dtype=ranked.dtype)
-        ranked = np.concatenate([ranked, pad], axis=1)
-    return ranked
-
-
 def evaluate_from_config(
     path: str | Path,
     checkpoint: str | Path | None = None,
@@ -366,51 +349,29 @@ def evaluate_from_config(
     splits = _splits(config, split)
     metrics: dict[str, Any] = {"dataset": name, "split": split}
     files: list[str] = []
-    if name == "fashioniq":
-        if split == "test":
-            raise ValueError("FashionIQ's test targets are not public: evaluate on val")
-        ranks = {}
-        for category, s in splits.items():
-            queries, gallery = _encode(model, s, cache, dev, progress)
-            ranks[category] = target_rank(queries, gallery, s.target)  # no Q x N matrix
-            if inspect:
-                files.append(_write_inspect(out, s, queries, gallery, checkpoint))
-        metrics.update(fashioniq_recall(ranks, ks=(10, 50)))
-    elif name == "cirr":
-        s = splits["cirr"]
+
+    def encode(s: CIRSplit) -> tuple[np.ndarray, np.ndarray]:
         queries, gallery = _encode(model, s, cache, dev, progress)
-        if inspect:  # CIRR ranks without the reference image
-            files.append(_write_inspect(out, s, queries, gallery, checkpoint, no_reference=True))
-        if split == "test":
-            files += _cirr_submission(queries, gallery, s, out)
-        else:
-            scores = score(queries, gallery)
-            recall = cirr_recall(scores, s.target, s.reference, ks=(1, 5, 10, 50))
-            subset = cirr_subset_recall(
-                scores, s.target, s.reference, s.extra["members"], ks=(1, 2, 3)
-            )
-            metrics.update(recall)
-            metrics.update(subset)
-            metrics["(R@5+Rsubset@1)/2"] = cirr_average(recall, subset)
-    else:
-        s = splits["circo"]
-        queries, gallery = _encode(model, s, cache, dev, progress)
-        if inspect:  # the ground truths (val) graded 1.0
-            gt = s.extra.get("gt")
+        if inspect:  # ranked as the benchmark ranks (CIRR and CIRCO without the reference)
+            grades = getattr(s, "ground_truth", None)  # CIRCO's ground truths, graded 1.0
             files.append(
-                _write_inspect(out, s, queries, gallery, checkpoint, no_reference=True, grades=gt)
+                _write_inspect(
+                    out,
+                    s,
+                    queries,
+                    gallery,
+                    checkpoint,
+                    no_reference=name != "fashioniq",
+                    grades=grades,
+                )
             )
-        ranked = _ranked_without_reference(queries, gallery, s, 50)
-        if split == "test":
-            submission = {
-                qid: [int(s.image_names[g]) for g in row if g >= 0]
-                for qid, row in zip(s.query_ids, ranked)
-            }
-            target = out / "circo_test_submission.json"
-            target.write_text(json.dumps(submission))
-            files.append(str(target))
-        else:
-            metrics.update(circo_map(ranked, s.extra["gt"], ks=(5, 10, 25, 50)))
+        return queries, gallery
+
+    benchmark = BENCHMARKS[name]
+    if split == "test":
+        files += benchmark.write_submission(splits, encode, out)
+    else:
+        metrics.update(benchmark.evaluate(splits, encode))
     metrics["files"] = files
     result_path = out / f"metrics_{name}_{split}.json"
     result_path.write_text(
@@ -425,31 +386,6 @@ def evaluate_from_config(
     _print_metrics(metrics)
     print(f"written: {result_path}" + "".join(f", {f}" for f in files))
     return metrics
-
-
-def _cirr_submission(
-    queries: np.ndarray, gallery: np.ndarray, split: CIRSplit, out: Path
-) -> list[str]:
-    """The CIRR evaluation server's two files: top-50 and subset top-3 names per pairid."""
-    ranked = _ranked_without_reference(queries, gallery, split, 50)
-    names = split.image_names
-    recall = {"version": "rc2", "metric": "recall"}
-    subset = {"version": "rc2", "metric": "recall_subset"}
-    scores = score(queries, gallery)
-    for i, pairid in enumerate(split.query_ids):
-        recall[pairid] = [names[g] for g in ranked[i] if g >= 0]
-        members = [m for m in split.extra["members"][i] if m != split.reference[i]]
-        order = sorted(members, key=lambda m: (-scores[i, m], m))
-        subset[pairid] = [names[m] for m in order[:3]]
-    written = []
-    for filename, payload in (
-        ("cirr_test1_recall_submission.json", recall),
-        ("cirr_test1_recall_subset_submission.json", subset),
-    ):
-        target = out / filename
-        target.write_text(json.dumps(payload))
-        written.append(str(target))
-    return written
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

@@ -68,6 +68,8 @@ from typing import Optional
 
 import numpy as np
 
+from .._arrays import check_int
+
 __all__ = [
     "OPEN_PRESET",
     "build_open_shapes_benchmark",
@@ -260,10 +262,8 @@ class ShapesBenchmark:
         """
         if isinstance(texts, str):
             raise TypeError("tokenize takes a sequence of texts, not a single string")
-        if max_len is not None and (
-            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
-        ):
-            raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}")
+        if max_len is not None:
+            max_len = _check_int("max_len", max_len, 1, None)
         words = [_words(str(t)) for t in texts]
         length = max_len if max_len is not None else max((len(w) for w in words), default=0)
         out = np.zeros((len(words), length), dtype=np.int64)
@@ -793,12 +793,13 @@ def _relevance(gallery_design: np.ndarray, target: np.ndarray) -> np.ndarray:
     return relevance
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    return int(value)
+def _check_int(name: str, value: object, low: int, high: int | None) -> int:
+    """:func:`qure._arrays.check_int`, except that a value of the wrong kind (a float, a bool)
+    is a ``ValueError`` too: every bad argument of this module is one."""
+    try:
+        return check_int(value, name, low, high)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
 
 
 def build_shapes_benchmark(
