@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--arms",
         default=None,
         help="comma-separated arms, the first compared with the others: qure, qure-tail, "
-        "qure-w<M>, contrastive, topk, topk-oracle, random",
+        "qure-w<M>, contrastive, topk, percpos, topk-oracle, random",
     )
     demo.add_argument(
         "--split",
