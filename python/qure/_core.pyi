@@ -39,7 +39,7 @@ def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def mine_from_features(
     queries: npt.NDArray[np.float32],
-    gallery: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     target_idx: npt.NDArray[np.int64],
     consecutive_threshold: int,
     pairing: str,
@@ -48,6 +48,7 @@ def mine_from_features(
     positives_indices: npt.NDArray[np.int64] | None = None,
     gallery_ids: npt.NDArray[np.int64] | None = None,
     block_size: int | None = None,
+    gallery_format: str = "float32",
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -55,19 +56,23 @@ def mine_from_features(
     npt.NDArray[np.int64],
 ]: ...
 def score(
-    queries: npt.NDArray[np.float32], gallery: npt.NDArray[np.float32]
+    queries: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    gallery_format: str = "float32",
 ) -> npt.NDArray[np.float32]: ...
 def topk(
     queries: npt.NDArray[np.float32],
-    gallery: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     k: int,
     exclude_indptr: npt.NDArray[np.int64] | None = None,
     exclude_indices: npt.NDArray[np.int64] | None = None,
+    gallery_format: str = "float32",
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def target_rank(
     queries: npt.NDArray[np.float32],
-    gallery: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     target_idx: npt.NDArray[np.int64],
+    gallery_format: str = "float32",
 ) -> npt.NDArray[np.int64]: ...
 def simd_kernel() -> str: ...
 def fma_peak_gflops(iterations: int = 200_000_000) -> float: ...
