@@ -32,6 +32,7 @@ def _half(gallery32: np.ndarray, fmt: str, kind: str):
 
 
 CASES = [("float16", "numpy"), ("float16", "torch"), ("bfloat16", "torch")]
+PAIRINGS = ("consecutive", "anchored")
 
 
 @st.composite
@@ -129,3 +130,22 @@ def test_half_results_do_not_depend_on_the_thread_count(threads):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g[0], w[0])
         np.testing.assert_array_equal(g[1], w[1])
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("float32", "numpy"), *CASES])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems(), window=st.integers(1, 20), pairing=st.sampled_from(PAIRINGS))
+def test_windowed_mining_from_features_is_mining_the_score_matrix(
+    fmt, kind, problem, window, pairing
+):
+    """``max_rank`` windows of at most a quarter of the gallery take the streaming window pass."""
+    queries, gallery32, targets = problem
+    gallery, widened = (gallery32, gallery32) if fmt == "float32" else _half(gallery32, fmt, kind)
+    n = gallery32.shape[0]
+    max_rank = max(1, min(window, n // 4))
+    got = qure.mine_from_features(queries, gallery, targets, max_rank=max_rank, pairing=pairing)
+    want = qure.mine_negatives(
+        qure.score(queries, widened), targets, max_rank=max_rank, pairing=pairing
+    )
+    for field in ("indptr", "indices", "target_rank", "drops"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))

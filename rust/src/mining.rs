@@ -256,6 +256,66 @@ impl<'a> Miner<'a> {
         out.append(&parts)
     }
 
+    /// Mines queries `first_query ..` from their windows instead of their score rows: for each,
+    /// its target's rank and the rank keys of the first `max_rank` items ranked after the
+    /// target (any order; `windows[i]`). The same result as [`Miner::mine_block`] on the rows,
+    /// which the rule only reads through these. Appends to `out` as `mine_block` does.
+    pub fn mine_windows(
+        &self,
+        first_query: usize,
+        ranks: &[usize],
+        windows: &[Vec<u64>],
+        out: &mut HardNegatives,
+    ) -> Result<()> {
+        if first_query != out.len()
+            || ranks.len() != windows.len()
+            || first_query + ranks.len() > self.n_queries()
+        {
+            return Err(QureError::invalid("windows do not continue the queries mined"));
+        }
+        let chunks: Vec<Result<HardNegatives>> = windows
+            .par_chunks(ROWS_PER_TASK)
+            .zip(ranks.par_chunks(ROWS_PER_TASK))
+            .enumerate()
+            .map(|(c, (windows, ranks))| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let first = first_query + c * ROWS_PER_TASK;
+                    let mut part = HardNegatives::try_with_capacity(windows.len())?;
+                    for (r, (window, &rank)) in windows.iter().zip(ranks).enumerate() {
+                        let query = first + r;
+                        let target = self.targets[query] as usize;
+                        scratch.band.clear();
+                        let keys = &mut scratch.keys;
+                        keys.clear();
+                        try_reserve(keys, window.len(), "mining scratch", &[window.len()])?;
+                        keys.extend_from_slice(window);
+                        let drops = if keys.len() < 3 {
+                            None
+                        } else {
+                            match choose_band_bucketed(scratch, &self.options)? {
+                                Some(pair) => Some(pair),
+                                None => choose_band_sorted(scratch, &self.options)?,
+                            }
+                        };
+                        self.exclude_into(query, target, &scratch.band, &mut part.indices)?;
+                        part.finish_row(rank, drops);
+                    }
+                    Ok(part)
+                })
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            parts.push(chunk?);
+        }
+        out.append(&parts)
+    }
+
+    /// The options.
+    pub fn options(&self) -> MineOptions {
+        self.options
+    }
+
     /// Appends the band's gallery indices, minus positives and duplicate ids, to `out`.
     fn exclude_into(
         &self,

@@ -612,6 +612,162 @@ pub fn target_rank(
     Ok(ranks)
 }
 
+/// `max_rank` windows at most `1 / WINDOW_FRACTION` of the gallery are mined from a streaming
+/// pass that keeps only each query's window (no score rows).
+const WINDOW_FRACTION: usize = 4;
+/// Window-candidate bytes held at once by the windowed pass.
+const WINDOW_BLOCK_BYTES: usize = 32 << 20;
+
+/// One task's state in the windowed pass: per query, the items ranked before its target and
+/// the running window (the first `m` items ranked after it, as a top-m selection).
+struct WindowState {
+    first: usize,
+    m: usize,
+    above: Vec<u64>,
+    heaps: Vec<Heap>,
+    masks: Vec<u64>,
+    finite: bool,
+}
+
+impl WindowState {
+    fn new(rows: Range<usize>, m: usize) -> Result<Self> {
+        let topk = TopKState::new(rows.clone(), m)?;
+        let above = try_filled("target ranks", &[rows.len()], 0u64)?;
+        Ok(WindowState {
+            first: rows.start,
+            m,
+            above,
+            heaps: topk.heaps,
+            masks: topk.masks,
+            finite: true,
+        })
+    }
+
+    fn consume(&mut self, kernel: Kernel, tile: &Tile<'_>, target_scores: &[f32], targets: &[i64]) {
+        let m = self.m;
+        let lanes = tile.lanes;
+        let offset = tile.first_query - self.first;
+        let (mut ts, mut tt) = ([f32::INFINITY; MAX_LANES], [0usize; MAX_LANES]);
+        let mut tkey = [0u64; MAX_LANES];
+        for l in 0..tile.queries {
+            let query = tile.first_query + l;
+            ts[l] = target_scores[query];
+            tt[l] = targets[query] as usize;
+            tkey[l] = rank_key(ts[l], tt[l] as u32);
+        }
+        self.finite &= tile.scores.iter().fold(true, |ok, s| ok & s.is_finite());
+        // Items ranked before the target, all lanes at once (as target_rank counts them).
+        let mut above = [0u32; MAX_LANES];
+        for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
+            let item = tile.first_item + i;
+            for (((count, &s), &b), &t) in above.iter_mut().zip(row).zip(&ts).zip(&tt) {
+                *count += u32::from(s > b) | (u32::from(s == b) & u32::from(item < t));
+            }
+        }
+        for (total, &count) in self.above[offset..offset + tile.queries].iter_mut().zip(&above) {
+            *total += u64::from(count);
+        }
+        // Window candidates: as top-k, among the items ranked after the target.
+        let heaps = &mut self.heaps[offset..offset + tile.queries];
+        let mut bounds = [f32::INFINITY; MAX_LANES];
+        for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
+            *b = h.bound_score;
+        }
+        self.masks.clear();
+        self.masks.resize(tile.items, 0);
+        above_masks(kernel, tile.scores, lanes, &bounds[..lanes], &mut self.masks);
+        for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(&self.masks).enumerate() {
+            let mut mask = mask;
+            let item = tile.first_item + i;
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if l >= tile.queries {
+                    break;
+                }
+                let heap = &mut heaps[l];
+                if row[l] < heap.bound_score {
+                    continue;
+                }
+                let key = rank_key(row[l], item as u32);
+                if key <= tkey[l] || key >= heap.bound {
+                    continue; // ranked before the target (or is it), or beaten
+                }
+                heap.keys.push(key);
+                if heap.keys.len() == 2 * m {
+                    heap.keys.select_nth_unstable(m - 1);
+                    heap.keys.truncate(m);
+                    heap.bound = heap.keys[m - 1];
+                    heap.bound_score = key_score(heap.bound);
+                }
+            }
+        }
+    }
+}
+
+/// `mine_from_features` with a `max_rank = m` window: per block of queries, one streaming pass
+/// finds each target's rank and its window (the first `m` items after it), which the miner
+/// then mines. `None` when a score overflowed to infinity (the caller then takes the row path,
+/// which reports it as it always has).
+fn mine_windows(
+    scorer: &Scorer<'_>,
+    miner: &Miner<'_>,
+    targets: &[i64],
+    m: usize,
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<Option<HardNegatives>> {
+    let q = scorer.queries.rows;
+    let lanes = scorer.lanes;
+    let target_scores: Vec<f32> = threads::install(|| {
+        (0..q).into_par_iter().map(|i| scorer.score_one(i, targets[i] as usize)).collect()
+    });
+    if target_scores.iter().any(|s| !s.is_finite()) {
+        return Ok(None);
+    }
+    let per_query = m.saturating_mul(16).max(1);
+    let rows = (WINDOW_BLOCK_BYTES / per_query).clamp(1, q.max(1)).div_ceil(lanes) * lanes;
+    let mut out = HardNegatives::try_with_capacity(q)?;
+    let kernel = scorer.kernel();
+    for first in (0..q).step_by(rows) {
+        let last = (first + rows).min(q);
+        let parts = scorer.run(
+            first..last,
+            TOPK_TASK_QUERIES,
+            true,
+            |r, _| WindowState::new(r, m),
+            |state, tile| state.consume(kernel, tile, &target_scores, targets),
+        )?;
+        if parts.iter().any(|p| !p.finite) {
+            return Ok(None);
+        }
+        // Merge the gallery chunks of each query (parts with the same first query).
+        let mut ranks = try_filled("target ranks", &[last - first], 0usize)?;
+        let mut windows: Vec<Vec<u64>> = try_filled("windows", &[last - first], Vec::new())?;
+        for part in &parts {
+            for (offset, (heap, &above)) in part.heaps.iter().zip(&part.above).enumerate() {
+                let query = part.first + offset;
+                if query < first || query >= last {
+                    continue;
+                }
+                ranks[query - first] += above as usize;
+                let window = &mut windows[query - first];
+                let total = window.len() + heap.keys.len();
+                try_reserve(window, heap.keys.len(), "windows", &[total])?;
+                window.extend_from_slice(&heap.keys);
+            }
+        }
+        for window in windows.iter_mut() {
+            if window.len() > m {
+                window.select_nth_unstable(m - 1);
+                window.truncate(m);
+            }
+        }
+        threads::install(|| miner.mine_windows(first, &ranks, &windows, &mut out))?;
+        progress(last, q);
+    }
+    Ok(Some(out))
+}
+
 /// Scores query blocks and mines them as it goes: the same result as
 /// `mine_negatives(score(queries, gallery), ...)`, holding at most one block of score rows.
 /// `block_rows` (rounded to the kernel's panel width) defaults to about 64 MiB of scores.
@@ -639,6 +795,13 @@ pub fn mine_from_features(
     let lanes = scorer.lanes;
     let n = gallery.items;
     let q = queries.rows;
+    if let Some(m) = options.max_rank {
+        if m.saturating_mul(WINDOW_FRACTION) <= n && block_rows.is_none() {
+            if let Some(out) = mine_windows(&scorer, &miner, targets, m, &mut progress)? {
+                return Ok(out);
+            }
+        }
+    }
     // At most all the queries (so a huge block_size cannot overflow), in whole panels.
     let wanted = block_rows.unwrap_or(MINE_BLOCK_BYTES / 4 / n).clamp(1, q.max(1));
     let rows = wanted.div_ceil(lanes) * lanes;
@@ -852,6 +1015,64 @@ mod tests {
                 assert_eq!(score(none, gallery).unwrap_err(), want);
             }
         }
+    }
+
+    #[test]
+    fn windowed_mining_from_features_is_mining_the_full_matrix() {
+        let mut rng = ChaCha8Rng::seed_from_u64(29);
+        for &(rows, items, t, d, quantised) in
+            &[(3, 4000, 1, 8, false), (70, 3000, 2, 6, true), (40, 5000, 1, 16, false)]
+        {
+            let round = |v: f32| if quantised { (v * 2.0).round() / 2.0 } else { v };
+            let q: Vec<f32> = random(&mut rng, rows * d).into_iter().map(round).collect();
+            let g: Vec<f32> = random(&mut rng, items * t * d).into_iter().map(round).collect();
+            let queries = Queries { data: &q, rows, dim: d };
+            let gallery = Gallery { data: Features::F32(&g), items, tokens: t, dim: d };
+            let full = score(queries, gallery).unwrap();
+            let targets: Vec<i64> = (0..rows).map(|_| rng.random_range(0..items as i64)).collect();
+            let ids: Vec<i64> = (0..items as i64).map(|i| i % (items as i64 - 7)).collect();
+            let indptr: Vec<i64> = (0..=rows as i64).collect();
+            let positives: Vec<i64> =
+                (0..rows).map(|_| rng.random_range(0..items as i64)).collect();
+            let exclusions = [
+                Exclusions::default(),
+                Exclusions {
+                    positives: Some(crate::mining::CsrRef { indptr: &indptr, indices: &positives }),
+                    gallery_ids: Some(&ids),
+                },
+            ];
+            for m in [1, 2, 3, 50, items / 4] {
+                for pairing in
+                    [crate::mining::Pairing::Consecutive, crate::mining::Pairing::Anchored]
+                {
+                    for excl in exclusions {
+                        let options =
+                            MineOptions { consecutive_threshold: 1, pairing, max_rank: Some(m) };
+                        let want =
+                            crate::mining::mine_negatives(&full, items, &targets, options, excl)
+                                .unwrap();
+                        for threads in [1, 3] {
+                            crate::threads::set_num_threads(threads).unwrap();
+                            let got = mine_from_features(
+                                queries,
+                                gallery,
+                                &targets,
+                                options,
+                                excl,
+                                None,
+                                |_, _| {},
+                            )
+                            .unwrap();
+                            assert_eq!(
+                                got, want,
+                                "rows={rows} m={m} {pairing:?} threads={threads}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        crate::threads::set_num_threads(crate::threads::default_num_threads()).unwrap();
     }
 
     #[test]
