@@ -615,8 +615,8 @@ pub fn target_rank(
 /// `max_rank` windows at most `1 / WINDOW_FRACTION` of the gallery are mined from a streaming
 /// pass that keeps only each query's window (no score rows).
 const WINDOW_FRACTION: usize = 4;
-/// Window-candidate bytes held at once by the windowed pass.
-const WINDOW_BLOCK_BYTES: usize = 32 << 20;
+/// Window-candidate bytes held at once by the windowed pass (2 M keys of 8 bytes per query).
+const WINDOW_BLOCK_BYTES: usize = 16 << 20;
 
 /// One task's state in the windowed pass: per query, the items ranked before its target and
 /// the running window (the first `m` items ranked after it, as a top-m selection).
@@ -743,17 +743,21 @@ fn mine_windows(
         // Merge the gallery chunks of each query (parts with the same first query).
         let mut ranks = try_filled("target ranks", &[last - first], 0usize)?;
         let mut windows: Vec<Vec<u64>> = try_filled("windows", &[last - first], Vec::new())?;
-        for part in &parts {
-            for (offset, (heap, &above)) in part.heaps.iter().zip(&part.above).enumerate() {
+        for part in parts {
+            for (offset, (heap, above)) in part.heaps.into_iter().zip(part.above).enumerate() {
                 let query = part.first + offset;
                 if query < first || query >= last {
                     continue;
                 }
                 ranks[query - first] += above as usize;
                 let window = &mut windows[query - first];
-                let total = window.len() + heap.keys.len();
-                try_reserve(window, heap.keys.len(), "windows", &[total])?;
-                window.extend_from_slice(&heap.keys);
+                if window.is_empty() {
+                    *window = heap.keys; // moved, not copied: most queries have one part
+                } else {
+                    let total = window.len() + heap.keys.len();
+                    try_reserve(window, heap.keys.len(), "windows", &[total])?;
+                    window.extend_from_slice(&heap.keys);
+                }
             }
         }
         for window in windows.iter_mut() {
