@@ -12,10 +12,17 @@
 //! step rounds once, and once the sum has overflowed to +-inf no finite product can cancel it.
 //! Scores that overflow are +-inf in every kernel.
 //!
+//! With a handful of queries, [`score_rows_gl`] swaps the roles (gallery rows along the vector
+//! lanes, queries broadcast) so no lane is wasted; it computes the same chain. [`pack_group`]
+//! transposes gallery rows in registers (16 x 16 on AVX-512, 8 x 8 on AVX2), widening float16 and
+//! bfloat16 bits exactly to `f32` as it loads them and checking finiteness on the way, so a
+//! half-precision gallery is scored, bit for bit, as the `f32` gallery of its values.
+//!
 //! Soundness: the SIMD kernels are `unsafe` (`target_feature`) and private. Safe code reaches them
-//! only through [`score_rows`] and [`fma_peak_gflops`], which take a [`Kernel`], a value that
-//! only run-time CPU detection creates, and which check every slice length with checked
-//! arithmetic before the first instruction runs.
+//! only through [`score_rows`], [`score_rows_gl`], [`pack_group`], [`above_masks`] and
+//! [`fma_peak_gflops`], which take a [`Kernel`], a value that only run-time CPU detection
+//! creates, and which check every slice length with checked arithmetic before the first
+//! instruction runs.
 
 use std::sync::OnceLock;
 
