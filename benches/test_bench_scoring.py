@@ -2,8 +2,11 @@
 
 - scoring, T=32 (BLIP-2 style max over tokens): Q=2048, N=8192, d=256; qure.score vs torch
   ``matmul`` + ``amax`` vs the released code's ``einsum('ik,jlk->ijl')`` + ``max``.
-- top-k, T=1: Q=4096, N=100000, d=256, k=100; qure.topk vs FAISS IndexFlatIP vs torch
-  ``matmul`` + ``topk``.
+- top-k, T=1, in four regimes side by side: many queries (Q=4096, N=100,000, k=100), few
+  queries against a big gallery (Q=4, N=1,000,000, k=100) and large k (Q=1024, N=100,000,
+  k=1,000 and k=2,048), d=256; qure.topk on float32 and on float16 galleries vs FAISS
+  IndexFlatIP vs torch ``matmul`` + ``topk`` in 1,024-query chunks. The summary gives qure's
+  ratio to the better of the two.
 - mining from features at FashionIQ training scale: Q=18000, N=18000, T=32, d=256, in a fresh
   process so its peak resident memory can be reported.
 - the machine's measured FMA peak, so every GFLOP/s figure can be read as a fraction of it.
@@ -26,6 +29,13 @@ from .conftest import SMALL, THREADS, best_seconds, record
 
 SCORE_SHAPE = (128, 512, 32, 64) if SMALL else (2048, 8192, 32, 256)  # Q, N, T, d
 TOPK_SHAPE = (256, 5000, 64, 10) if SMALL else (4096, 100_000, 256, 100)  # Q, N, d, k
+# Top-k regimes (Q, N, d, k): the name is the summary's group.
+TOPK_REGIMES = {
+    "many queries": (256, 5000, 64, 10) if SMALL else (4096, 100_000, 256, 100),
+    "few queries": (4, 20_000, 64, 10) if SMALL else (4, 1_000_000, 256, 100),
+    "k=1000": (128, 5000, 64, 100) if SMALL else (1024, 100_000, 256, 1000),
+    "k=2048": (128, 5000, 64, 200) if SMALL else (1024, 100_000, 256, 2048),
+}
 MINE_SHAPE = (600, 600, 32, 64) if SMALL else (18_000, 18_000, 32, 256)  # Q, N, T, d
 
 
@@ -47,6 +57,97 @@ def topk_problem():
     q, n, d, _ = TOPK_SHAPE
     rng = np.random.default_rng(1)
     return _unit(rng, (q, d)), _unit(rng, (n, d))
+
+
+_REGIME_CACHE: dict = {}
+
+
+def _regime_problem(regime):
+    """Queries and a gallery for a top-k regime (the last one built is kept: regimes sharing
+    a gallery size reuse it)."""
+    q, n, d, k = TOPK_REGIMES[regime]
+    key = (n, d)
+    if key not in _REGIME_CACHE:
+        _REGIME_CACHE.clear()
+        rng = np.random.default_rng(7)
+        gallery = np.empty((n, d), dtype=np.float32)
+        for start in range(0, n, 100_000):  # in chunks: no full-size temporaries
+            gallery[start : start + 100_000] = _unit(rng, (min(100_000, n - start), d))
+        _REGIME_CACHE[key] = gallery
+    gallery = _REGIME_CACHE[key]
+    queries = _unit(np.random.default_rng(q + k), (q, d))
+    return queries, gallery, k
+
+
+def _check_against_float64(indices, queries, gallery, k, rows=4):
+    """qure's top-k against a float64 ranking on a few queries (near-ties may swap)."""
+    exact = queries[:rows].astype(np.float64) @ gallery.T.astype(np.float64)
+    want = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    assert (np.asarray(indices)[:rows] == want).mean() > 0.99
+
+
+def _regime_rounds(q, n):
+    return 3 if q * n >= 10**8 else 5
+
+
+REGIMES = list(TOPK_REGIMES)
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_topk_regime_qure(benchmark, regime, dtype):
+    queries, gallery, k = _regime_problem(regime)
+    q, n, d = queries.shape[0], gallery.shape[0], gallery.shape[1]
+    g = gallery if dtype == "float32" else gallery.astype(np.float16)
+    _, indices = benchmark.pedantic(
+        qure.topk, args=(queries, g, k), rounds=_regime_rounds(q, n), warmup_rounds=1
+    )
+    if dtype == "float32":
+        _check_against_float64(indices, queries, gallery, k)
+    else:  # exactly the float32 result of the widened values
+        _, want = qure.topk(queries[:4], g[: min(n, 200_000)].astype(np.float32), k)
+        _, got = qure.topk(queries[:4], g[: min(n, 200_000)], k)
+        np.testing.assert_array_equal(got, want)
+    name = "qure" if dtype == "float32" else "qure, float16 gallery"
+    record(f"top-k {regime}", name, _gflops(2 * q * n * d, best_seconds(benchmark)), "GFLOP/s")
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_topk_regime_faiss(benchmark, regime):
+    faiss = pytest.importorskip("faiss")
+    queries, gallery, k = _regime_problem(regime)
+    q, n, d = queries.shape[0], gallery.shape[0], gallery.shape[1]
+    index = faiss.IndexFlatIP(d)
+    index.add(gallery)
+    _, indices = benchmark.pedantic(
+        index.search, args=(queries, k), rounds=_regime_rounds(q, n), warmup_rounds=1
+    )
+    _check_against_float64(indices, queries, gallery, k)
+    record(
+        f"top-k {regime}",
+        "FAISS IndexFlatIP",
+        _gflops(2 * q * n * d, best_seconds(benchmark)),
+        "GFLOP/s",
+    )
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_topk_regime_torch(benchmark, regime):
+    torch = pytest.importorskip("torch")
+    queries, gallery, k = _regime_problem(regime)
+    q, n, d = queries.shape[0], gallery.shape[0], gallery.shape[1]
+    qt, gt = torch.from_numpy(queries), torch.from_numpy(gallery)
+
+    def run():
+        return [torch.topk(qt[i : i + 1024] @ gt.T, k, dim=1) for i in range(0, q, 1024)]
+
+    benchmark.pedantic(run, rounds=_regime_rounds(q, n), warmup_rounds=1)
+    record(
+        f"top-k {regime}",
+        "torch matmul+topk",
+        _gflops(2 * q * n * d, best_seconds(benchmark)),
+        "GFLOP/s",
+    )
 
 
 def _gflops(flops: float, seconds: float | None) -> float | None:

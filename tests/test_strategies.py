@@ -264,3 +264,28 @@ def test_short_windows_of_long_rows(strategy):
     if strategy == "window":
         kwargs["max_rank"] = 35
     assert_matches(mine_negatives(scores, targets, **kwargs), scores, targets, kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_rank": 30},
+        {"max_rank": 30, "relative_margin": 0.01, "num_negatives": 5, "sampling": "random"},
+        {"max_rank": 30, "strategy": "window", "rank_range": (2, 20), "margin": 0.0},
+        {"strategy": "topk", "rank_range": (0, 25), "reference": "lowest_positive"},
+    ],
+)
+def test_streamed_windows_from_features_equal_the_matrix(kwargs):
+    """With a short window ``mine_from_features`` streams each query's window instead of its
+    score row; every miner must still equal mining the whole matrix."""
+    rng = np.random.default_rng(7)
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    gallery = rng.standard_normal((2000, 2, 16)).astype(np.float32)
+    targets = rng.integers(0, 2000, 40)
+    positives = [rng.integers(0, 2000, 2) for _ in range(40)]
+    got = mine_from_features(queries, gallery, targets, positives=positives, **kwargs)
+    want = mine_negatives(qure.score(queries, gallery), targets, positives=positives, **kwargs)
+    assert got == want
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.target_score, want.target_score)
+    assert got.removed == want.removed

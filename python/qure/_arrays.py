@@ -6,7 +6,9 @@ range or of the wrong shape, each naming the argument.
 
 Everything the native core receives is a C-contiguous NumPy array of the exact dtype it expects.
 NumPy float32 input and CPU float32 torch tensors pass through without a copy; other float
-dtypes (float16, float64, bfloat16) and CUDA tensors are converted.
+dtypes (float64, and float16/bfloat16 where not a gallery) and CUDA tensors are converted.
+Galleries in float16 (NumPy or torch) or bfloat16 (torch) reach the core as their raw 16-bit
+patterns (:func:`as_gallery`), a view of the caller's buffer, never a float32 copy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 __all__ = [
     "COUNT_MAX",
     "as_float32_matrix",
+    "as_gallery",
     "as_ids",
     "as_index_vector",
     "as_int_array",
@@ -129,6 +132,31 @@ def as_float32_matrix(x: Any, name: str, ndim: int = 2) -> np.ndarray:
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(array.shape)}")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def as_gallery(x: Any, name: str, ndim: int) -> tuple[np.ndarray, str]:
+    """``(array, format)``: ``x`` as a C-contiguous array for the core, with ``ndim`` dimensions.
+
+    float16 (NumPy or torch) and bfloat16 (torch) stay half precision: the array is a uint16
+    view of their bits (copied only when not C-contiguous, or off the CPU) and ``format`` is
+    ``"float16"`` or ``"bfloat16"``. Anything else is :func:`as_float32_matrix` (``"float32"``).
+    """
+    if is_torch_tensor(x):
+        torch = sys.modules["torch"]
+        if x.dtype in (torch.float16, torch.bfloat16):
+            fmt = "float16" if x.dtype == torch.float16 else "bfloat16"
+            t = x.detach()
+            if t.device.type != "cpu":
+                t = t.to("cpu")
+            if t.ndim != ndim:
+                raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+            bits = t.contiguous().view(torch.int16).numpy().view(np.uint16)
+            return bits, fmt
+    elif isinstance(x, np.ndarray) and x.dtype == np.float16:
+        if x.ndim != ndim:
+            raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+        return np.ascontiguousarray(x).view(np.uint16), "float16"
+    return as_float32_matrix(x, name, ndim=ndim), "float32"
 
 
 def _check_ndim(array: np.ndarray, name: str, ndim: int) -> None:

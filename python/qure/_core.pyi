@@ -60,7 +60,7 @@ def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def mine_from_features(
     queries: npt.NDArray[np.float32],
-    gallery: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     target_idx: npt.NDArray[np.int64],
     *,
     consecutive_threshold: int,
@@ -84,6 +84,7 @@ def mine_from_features(
     simans_b: float = 0.0,
     seed: int = 0,
     first_query: int = 0,
+    gallery_format: str = "float32",
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -94,19 +95,23 @@ def mine_from_features(
     dict[str, int],
 ]: ...
 def score(
-    queries: npt.NDArray[np.float32], gallery: npt.NDArray[np.float32]
+    queries: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    gallery_format: str = "float32",
 ) -> npt.NDArray[np.float32]: ...
 def topk(
     queries: npt.NDArray[np.float32],
-    gallery: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     k: int,
     exclude_indptr: npt.NDArray[np.int64] | None = None,
     exclude_indices: npt.NDArray[np.int64] | None = None,
+    gallery_format: str = "float32",
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def target_rank(
     queries: npt.NDArray[np.float32],
-    gallery: npt.NDArray[np.float32],
+    gallery: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     target_idx: npt.NDArray[np.int64],
+    gallery_format: str = "float32",
 ) -> npt.NDArray[np.int64]: ...
 def simd_kernel() -> str: ...
 def fma_peak_gflops(iterations: int = 200_000_000) -> float: ...
@@ -119,7 +124,7 @@ def sample_negatives(
 ) -> npt.NDArray[np.int64]: ...
 def tail_candidates(
     queries: npt.NDArray[np.float32],
-    shard: npt.NDArray[np.float32],
+    shard: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     *,
     first_item: int,
     n_gallery: int,
@@ -127,6 +132,7 @@ def tail_candidates(
     target_scores: npt.NDArray[np.float32],
     max_rank: int,
     block_size: int | None = None,
+    gallery_format: str = "float32",
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def mine_tails(
     above: npt.NDArray[np.int64],

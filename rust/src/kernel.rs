@@ -12,10 +12,17 @@
 //! step rounds once, and once the sum has overflowed to +-inf no finite product can cancel it.
 //! Scores that overflow are +-inf in every kernel.
 //!
+//! With a handful of queries, [`score_rows_gl`] swaps the roles (gallery rows along the vector
+//! lanes, queries broadcast) so no lane is wasted; it computes the same chain. [`pack_group`]
+//! transposes gallery rows in registers (16 x 16 on AVX-512, 8 x 8 on AVX2), widening float16 and
+//! bfloat16 bits exactly to `f32` as it loads them and checking finiteness on the way, so a
+//! half-precision gallery is scored, bit for bit, as the `f32` gallery of its values.
+//!
 //! Soundness: the SIMD kernels are `unsafe` (`target_feature`) and private. Safe code reaches them
-//! only through [`score_rows`] and [`fma_peak_gflops`], which take a [`Kernel`], a value that
-//! only run-time CPU detection creates, and which check every slice length with checked
-//! arithmetic before the first instruction runs.
+//! only through [`score_rows`], [`score_rows_gl`], [`pack_group`], [`above_masks`] and
+//! [`fma_peak_gflops`], which take a [`Kernel`], a value that only run-time CPU detection
+//! creates, and which check every slice length with checked arithmetic before the first
+//! instruction runs.
 
 use std::sync::OnceLock;
 
@@ -29,6 +36,14 @@ const AVX2_ROWS: usize = 6;
 const AVX2_LANES: usize = 16;
 const PORTABLE_ROWS: usize = 4;
 const PORTABLE_LANES: usize = 8;
+// The few-query kernels ("gallery lanes"): gallery rows run along the vector lanes and at most
+// `*_GL_QUERIES` queries are broadcast, so a handful of queries wastes no lanes.
+const AVX512_GL_ROWS: usize = 32;
+const AVX512_GL_QUERIES: usize = 8;
+const AVX2_GL_ROWS: usize = 16;
+const AVX2_GL_QUERIES: usize = 4;
+const PORTABLE_GL_ROWS: usize = 8;
+const PORTABLE_GL_QUERIES: usize = 4;
 /// The widest panel any kernel uses (consumers size per-lane arrays with it).
 pub const MAX_LANES: usize = AVX512_LANES;
 
@@ -63,12 +78,34 @@ impl Simd {
         }
     }
 
+    /// Gallery rows per call of the few-query kernel.
+    pub fn gl_rows(self) -> usize {
+        match self {
+            Simd::Avx512 => AVX512_GL_ROWS,
+            Simd::Avx2 => AVX2_GL_ROWS,
+            Simd::Portable => PORTABLE_GL_ROWS,
+        }
+    }
+
+    /// The most queries one call of the few-query kernel takes.
+    pub fn gl_queries(self) -> usize {
+        match self {
+            Simd::Avx512 => AVX512_GL_QUERIES,
+            Simd::Avx2 => AVX2_GL_QUERIES,
+            Simd::Portable => PORTABLE_GL_QUERIES,
+        }
+    }
+
     /// Whether this CPU runs the instructions (run-time detection).
     pub fn is_supported(self) -> bool {
         match self {
             Simd::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Simd::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -158,6 +195,16 @@ impl Kernel {
         self.0.lanes()
     }
 
+    /// Gallery rows per call of the few-query kernel ([`score_rows_gl`]).
+    pub fn gl_rows(self) -> usize {
+        self.0.gl_rows()
+    }
+
+    /// The most queries one call of the few-query kernel takes.
+    pub fn gl_queries(self) -> usize {
+        self.0.gl_queries()
+    }
+
     /// Name for reports.
     pub fn name(self) -> &'static str {
         self.0.name()
@@ -179,16 +226,150 @@ pub fn pack_panels(rows: &[f32], n: usize, d: usize, lanes: usize) -> Result<Vec
     Ok(out)
 }
 
-/// Packs up to `rows` gallery rows of `d` features feature-major for a kernel call:
-/// `out[k * rows + r] = group[r][k]`, zero past the last row.
-pub fn pack_group(group: &[f32], d: usize, rows: usize, out: &mut [f32]) {
-    let valid = group.len() / d;
-    debug_assert!(valid <= rows && out.len() == rows * d);
-    for k in 0..d {
-        for r in 0..rows {
-            out[k * rows + r] = if r < valid { group[r * d + k] } else { 0.0 };
+/// Gallery features as stored: `f32`, or half precision (IEEE binary16 or bfloat16) as raw
+/// bits. Half-precision values are widened to `f32` exactly (every half value is an `f32`) as they
+/// are packed, so a half gallery is scored by the very chain an `f32` gallery holding the widened
+/// values would be: the result is that of the `f32` path on `widen(gallery)`, bit for bit.
+#[derive(Clone, Copy, Debug)]
+pub enum Features<'a> {
+    /// `f32` values.
+    F32(&'a [f32]),
+    /// IEEE 754 binary16 (`numpy.float16`, `torch.float16`) bits.
+    F16(&'a [u16]),
+    /// bfloat16 (`torch.bfloat16`) bits: the upper half of an `f32`.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Features<'a> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Features::F32(s) => s.len(),
+            Features::F16(s) | Features::Bf16(s) => s.len(),
         }
     }
+
+    /// True when there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values `range` (panics when out of bounds, as slicing does).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Features<'a> {
+        match self {
+            Features::F32(s) => Features::F32(&s[range]),
+            Features::F16(s) => Features::F16(&s[range]),
+            Features::Bf16(s) => Features::Bf16(&s[range]),
+        }
+    }
+
+    /// Value `i`, widened exactly to `f32`.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Features::F32(s) => s[i],
+            Features::F16(s) => widen_f16(s[i]),
+            Features::Bf16(s) => widen_bf16(s[i]),
+        }
+    }
+
+    /// The storage type's name ("float32", "float16", "bfloat16").
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Features::F32(_) => "float32",
+            Features::F16(_) => "float16",
+            Features::Bf16(_) => "bfloat16",
+        }
+    }
+
+    /// Index of the first value that is NaN or infinite, if any.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        // Exponent all ones is inf or NaN, in every format.
+        match self {
+            Features::F32(s) => s.iter().position(|v| !v.is_finite()),
+            Features::F16(s) => s.iter().position(|&v| v & 0x7c00 == 0x7c00),
+            Features::Bf16(s) => s.iter().position(|&v| v & 0x7f80 == 0x7f80),
+        }
+    }
+
+    /// Whether every value is finite (a branch-free pass the compiler vectorises).
+    pub fn all_finite(&self) -> bool {
+        match self {
+            Features::F32(s) => {
+                s.iter().fold(0u32, |bad, v| bad | u32::from(v.to_bits() & EXP32 == EXP32)) == 0
+            }
+            Features::F16(s) => {
+                s.iter().fold(0u16, |bad, &v| bad | u16::from(v & 0x7c00 == 0x7c00)) == 0
+            }
+            Features::Bf16(s) => {
+                s.iter().fold(0u16, |bad, &v| bad | u16::from(v & 0x7f80 == 0x7f80)) == 0
+            }
+        }
+    }
+}
+
+const EXP32: u32 = 0x7f80_0000;
+
+/// An IEEE binary16 value (raw bits) as `f32`, exactly.
+#[inline]
+pub fn widen_f16(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// A bfloat16 value (raw bits) as `f32`, exactly.
+#[inline]
+pub fn widen_bf16(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Packs up to `rows` gallery rows of `d` features feature-major for a kernel call, widened to
+/// `f32`: `out[k * rows + r] = group[r][k]`, zero past the last row (`group` holds whole rows).
+/// Returns whether every value packed was finite.
+///
+/// # Panics
+/// If `group` holds more than `rows` rows, or `out` is not `rows * d` long.
+pub fn pack_group(
+    kernel: Kernel,
+    group: Features<'_>,
+    d: usize,
+    rows: usize,
+    out: &mut [f32],
+) -> bool {
+    assert!(d > 0, "pack_group: no features");
+    let valid = group.len() / d;
+    assert!(
+        valid <= rows && valid * d == group.len() && rows.checked_mul(d) == Some(out.len()),
+        "pack_group: {} values do not fit {rows} rows of {d} features, or out is not {rows} x {d}",
+        group.len()
+    );
+    match kernel.simd() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F was detected (the kernel exists), and the assert above bounds every
+        // access: reads stay inside `group`'s `valid * d` values, writes inside `out`.
+        Simd::Avx512 => unsafe { x86::pack_avx512(group, d, rows, valid, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, with AVX2, FMA and F16C detected.
+        Simd::Avx2 => unsafe { x86::pack_avx2(group, d, rows, valid, out) },
+        _ => pack_portable(group, d, rows, valid, out),
+    }
+}
+
+fn pack_portable(
+    group: Features<'_>,
+    d: usize,
+    rows: usize,
+    valid: usize,
+    out: &mut [f32],
+) -> bool {
+    let mut finite = true;
+    for r in 0..rows {
+        for k in 0..d {
+            let v = if r < valid { group.get(r * d + k) } else { 0.0 };
+            finite &= v.is_finite();
+            out[k * rows + r] = v;
+        }
+    }
+    finite
 }
 
 /// The reference chain every kernel reproduces bit for bit.
@@ -274,6 +455,148 @@ fn portable(
     }
 }
 
+/// One call of the few-query kernel: the same chain as [`score_rows`], with the roles swapped.
+///
+/// `gallery` holds `kernel.gl_rows()` rows packed by [`pack_group`] (with that many rows),
+/// `panel` a packed panel of `queries` queries (`1 ..= kernel.gl_queries()`, packed by
+/// [`pack_panels`] with `lanes = queries`). For each of the first `valid` rows `r`, the scores of
+/// row `first_row + r` are max-reduced into `tile[(first_row + r) / tokens]`, a row of `queries`
+/// values. Gallery rows run along the vector lanes, so no lane is spent on absent queries.
+///
+/// # Panics
+/// As [`score_rows`], and if `queries` is 0 or more than `kernel.gl_queries()`.
+#[allow(clippy::too_many_arguments)]
+pub fn score_rows_gl(
+    kernel: Kernel,
+    d: usize,
+    gallery: &[f32],
+    panel: &[f32],
+    queries: usize,
+    tile: &mut [f32],
+    first_row: usize,
+    tokens: usize,
+    valid: usize,
+) {
+    let rows = kernel.gl_rows();
+    assert!(valid <= rows && tokens > 0, "score_rows_gl: valid {valid} > {rows} or no tokens");
+    assert!(
+        (1..=kernel.gl_queries()).contains(&queries),
+        "score_rows_gl: {queries} queries, expected 1 to {}",
+        kernel.gl_queries()
+    );
+    let fits = |need: Option<usize>, have: usize| need.is_some_and(|n| n <= have);
+    assert!(
+        fits(rows.checked_mul(d), gallery.len()) && fits(queries.checked_mul(d), panel.len()),
+        "score_rows_gl: gallery group or query panel shorter than {rows} or {queries} x {d}"
+    );
+    if valid > 0 {
+        let slots = first_row.checked_add(valid - 1).map(|last| last / tokens + 1);
+        assert!(
+            fits(slots.and_then(|s| s.checked_mul(queries)), tile.len()),
+            "score_rows_gl: tile too short for rows {first_row}.. of {tokens}-token images"
+        );
+    }
+    match kernel.simd() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F detected (the kernel exists); the asserts above bound every access.
+        Simd::Avx512 => unsafe {
+            x86::avx512_gl(d, gallery, panel, queries, tile, first_row, tokens, valid)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, with AVX2 and FMA detected.
+        Simd::Avx2 => unsafe {
+            x86::avx2_gl(d, gallery, panel, queries, tile, first_row, tokens, valid)
+        },
+        _ => portable_gl(d, gallery, panel, queries, tile, first_row, tokens, valid),
+    }
+}
+
+/// Max-reduces the scores of a few-query call (`acc[j][r]`: query `j`, row `r`) into the tile.
+#[inline]
+fn gl_epilogue<const ROWS: usize>(
+    acc: &[[f32; ROWS]],
+    tile: &mut [f32],
+    first_row: usize,
+    tokens: usize,
+    valid: usize,
+) {
+    let queries = acc.len();
+    for r in 0..valid {
+        let slot = &mut tile[(first_row + r) / tokens * queries..][..queries];
+        for (t, row) in slot.iter_mut().zip(acc) {
+            *t = t.max(row[r]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn portable_gl(
+    d: usize,
+    gallery: &[f32],
+    panel: &[f32],
+    queries: usize,
+    tile: &mut [f32],
+    first_row: usize,
+    tokens: usize,
+    valid: usize,
+) {
+    const ROWS: usize = PORTABLE_GL_ROWS;
+    let mut acc = [[0.0f32; ROWS]; PORTABLE_GL_QUERIES];
+    for k in 0..d {
+        let g = &gallery[k * ROWS..k * ROWS + ROWS];
+        for (j, acc_row) in acc.iter_mut().enumerate().take(queries) {
+            let q = panel[k * queries + j];
+            for (a, &gv) in acc_row.iter_mut().zip(g) {
+                *a = gv.mul_add(q, *a);
+            }
+        }
+    }
+    gl_epilogue(&acc[..queries], tile, first_row, tokens, valid);
+}
+
+/// For each `lanes`-wide row of `scores`, the bit mask of lanes `l` with `score > bounds[l]`
+/// (`false` for NaN). `masks` gets one entry per row.
+///
+/// # Panics
+/// If `lanes` is 0 or over 64, `bounds` is shorter than `lanes`, `scores` is not whole rows or
+/// `masks` is shorter than the rows.
+pub fn above_masks(
+    kernel: Kernel,
+    scores: &[f32],
+    lanes: usize,
+    bounds: &[f32],
+    masks: &mut [u64],
+) {
+    assert!(
+        (1..=64).contains(&lanes)
+            && bounds.len() >= lanes
+            && scores.len().is_multiple_of(lanes)
+            && masks.len() >= scores.len() / lanes,
+        "above_masks: {} scores, {lanes} lanes, {} bounds, {} masks",
+        scores.len(),
+        bounds.len(),
+        masks.len()
+    );
+    match (kernel.simd(), lanes) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F detected; rows of 32 lanes and the lengths were checked above.
+        (Simd::Avx512, 32) => unsafe { x86::masks32_avx512(scores, bounds, masks) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 detected (the kernel exists); rows of 16 lanes and the lengths were
+        // checked above.
+        (Simd::Avx2, 16) => unsafe { x86::masks16_avx2(scores, bounds, masks) },
+        _ => {
+            for (row, mask) in scores.chunks_exact(lanes).zip(masks.iter_mut()) {
+                let mut m = 0u64;
+                for (l, (s, b)) in row.iter().zip(bounds).enumerate() {
+                    m |= u64::from(s > b) << l;
+                }
+                *mask = m;
+            }
+        }
+    }
+}
+
 /// Calibration: f32 GFLOP/s of a register-resident loop of independent FMAs on one thread,
 /// with the widest vectors `kernel` has (the machine's FMA peak per core, for context in reports).
 pub fn fma_peak_gflops(kernel: Kernel, iterations: u64) -> f64 {
@@ -309,7 +632,10 @@ fn fma_loop_portable(iterations: u64) -> usize {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{AVX2_LANES, AVX2_ROWS, AVX512_LANES, AVX512_ROWS};
+    use super::{
+        gl_epilogue, Features, AVX2_GL_QUERIES, AVX2_GL_ROWS, AVX2_LANES, AVX2_ROWS,
+        AVX512_GL_QUERIES, AVX512_GL_ROWS, AVX512_LANES, AVX512_ROWS, EXP32,
+    };
 
     /// 16 independent zmm FMA chains per iteration; returns the lane count.
     ///
@@ -438,6 +764,360 @@ mod x86 {
             }
         }
     }
+    // ---- packing: 16 x 16 (AVX-512) and 8 x 8 (AVX2) in-register transposes ----------------
+
+    /// Permutation indices for one transpose stage (stride `s`): row `i` (bit `s` clear) takes
+    /// `lo`, row `i + s` takes `hi`, from the pair `(row i, row i + s)`.
+    const fn stage_index(s: usize, hi: bool) -> [i32; 16] {
+        let mut out = [0i32; 16];
+        let mut c = 0;
+        while c < 16 {
+            out[c] = match (c & s == 0, hi) {
+                (true, false) => c as i32,
+                (false, false) => (16 + c - s) as i32,
+                (true, true) => (c + s) as i32,
+                (false, true) => (16 + c) as i32,
+            };
+            c += 1;
+        }
+        out
+    }
+    const STAGES: [(usize, [i32; 16], [i32; 16]); 4] = [
+        (8, stage_index(8, false), stage_index(8, true)),
+        (4, stage_index(4, false), stage_index(4, true)),
+        (2, stage_index(2, false), stage_index(2, true)),
+        (1, stage_index(1, false), stage_index(1, true)),
+    ];
+
+    /// Transposes 16 rows of 16 `f32` in registers: afterwards `v[j][i]` is the old `v[i][j]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(v: &mut [__m512; 16]) {
+        for (s, lo, hi) in STAGES {
+            let lo = _mm512_loadu_si512(lo.as_ptr().cast());
+            let hi = _mm512_loadu_si512(hi.as_ptr().cast());
+            for i in 0..16 {
+                if i & s == 0 {
+                    let (a, b) = (v[i], v[i + s]);
+                    v[i] = _mm512_permutex2var_ps(a, lo, b);
+                    v[i + s] = _mm512_permutex2var_ps(a, hi, b);
+                }
+            }
+        }
+    }
+
+    /// Asks for the cache line holding `src[at]` (a hint: `at` may lie past the end of `src`,
+    /// as the next rows of the gallery do; no memory is accessed, so it cannot fault).
+    #[inline]
+    #[target_feature(enable = "sse")]
+    unsafe fn prefetch(src: Features<'_>, at: usize) {
+        let p: *const i8 = match src {
+            Features::F32(s) => s.as_ptr().wrapping_add(at).cast(),
+            Features::F16(s) | Features::Bf16(s) => s.as_ptr().wrapping_add(at).cast(),
+        };
+        _mm_prefetch::<_MM_HINT_T0>(p);
+    }
+
+    /// Rows ahead of the one being packed whose lines are prefetched: the transposing loads
+    /// visit 16 rows a line at a time, an order the hardware prefetchers follow poorly.
+    const PREFETCH_ROWS: usize = 16;
+
+    /// 16 values from `src[at..]`, widened to `f32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(src: Features<'_>, at: usize) -> __m512 {
+        match src {
+            Features::F32(s) => _mm512_loadu_ps(s.as_ptr().add(at)),
+            Features::F16(s) => _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(at).cast())),
+            Features::Bf16(s) => {
+                let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(at).cast()));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+            }
+        }
+    }
+
+    /// `super::pack_group` for AVX-512: row slabs of 16, 16 features at a time.
+    ///
+    /// # Safety
+    /// AVX-512F, `src.len() == valid * d`, `valid <= rows`, `out.len() == rows * d`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_avx512(
+        src: Features<'_>,
+        d: usize,
+        rows: usize,
+        valid: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let exp = _mm512_set1_epi32(EXP32 as i32);
+        let mut bad: __mmask16 = 0;
+        let o = out.as_mut_ptr();
+        let full = d / 16 * 16;
+        for slab in (0..rows).step_by(16) {
+            let width = (rows - slab).min(16);
+            let present = valid.saturating_sub(slab).min(width);
+            let mask: __mmask16 = ((1u32 << width) - 1) as __mmask16;
+            for k0 in (0..full).step_by(16) {
+                let mut v = [_mm512_setzero_ps(); 16];
+                for i in 0..16 {
+                    prefetch(src, (slab + i + PREFETCH_ROWS) * d + k0);
+                }
+                for (i, vi) in v.iter_mut().enumerate().take(present) {
+                    *vi = load16(src, (slab + i) * d + k0);
+                    let bits = _mm512_and_si512(_mm512_castps_si512(*vi), exp);
+                    bad |= _mm512_cmpeq_epi32_mask(bits, exp);
+                }
+                transpose16(&mut v);
+                for (j, vj) in v.iter().enumerate() {
+                    _mm512_mask_storeu_ps(o.add((k0 + j) * rows + slab), mask, *vj);
+                }
+            }
+            for k in full..d {
+                for i in 0..width {
+                    let x = if i < present { src.get((slab + i) * d + k) } else { 0.0 };
+                    bad |= __mmask16::from(!x.is_finite());
+                    *o.add(k * rows + slab + i) = x;
+                }
+            }
+        }
+        bad == 0
+    }
+
+    /// Transposes 8 rows of 8 `f32` in registers.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn transpose8(v: &mut [__m256; 8]) {
+        for i in 0..4 {
+            let (a, b) = (v[i], v[i + 4]);
+            v[i] = _mm256_permute2f128_ps::<0x20>(a, b);
+            v[i + 4] = _mm256_permute2f128_ps::<0x31>(a, b);
+        }
+        for i in [0, 1, 4, 5] {
+            let (a, b) = (v[i], v[i + 2]);
+            v[i] = _mm256_shuffle_ps::<0x44>(a, b);
+            v[i + 2] = _mm256_shuffle_ps::<0xEE>(a, b);
+        }
+        for i in [0, 2, 4, 6] {
+            let (a, b) = (v[i], v[i + 1]);
+            v[i] = _mm256_blend_ps::<0xAA>(a, _mm256_permute_ps::<0xB1>(b));
+            v[i + 1] = _mm256_blend_ps::<0xAA>(_mm256_permute_ps::<0xB1>(a), b);
+        }
+    }
+
+    /// 8 values from `src[at..]`, widened to `f32`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(src: Features<'_>, at: usize) -> __m256 {
+        match src {
+            Features::F32(s) => _mm256_loadu_ps(s.as_ptr().add(at)),
+            Features::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(at).cast())),
+            Features::Bf16(s) => {
+                let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().add(at).cast()));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+            }
+        }
+    }
+
+    /// `super::pack_group` for AVX2: row slabs of 8, 8 features at a time.
+    ///
+    /// # Safety
+    /// AVX2 and F16C, `src.len() == valid * d`, `valid <= rows`, `out.len() == rows * d`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn pack_avx2(
+        src: Features<'_>,
+        d: usize,
+        rows: usize,
+        valid: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let exp = _mm256_set1_epi32(EXP32 as i32);
+        let mut bad = 0i32;
+        let o = out.as_mut_ptr();
+        let full = d / 8 * 8;
+        for slab in (0..rows).step_by(8) {
+            let width = (rows - slab).min(8);
+            let present = valid.saturating_sub(slab).min(width);
+            let lanes: [i32; 8] = std::array::from_fn(|l| if l < width { -1 } else { 0 });
+            let mask = _mm256_loadu_si256(lanes.as_ptr().cast());
+            for k0 in (0..full).step_by(8) {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for i in 0..8 {
+                    prefetch(src, (slab + i + PREFETCH_ROWS) * d + k0);
+                }
+                for (i, vi) in v.iter_mut().enumerate().take(present) {
+                    *vi = load8(src, (slab + i) * d + k0);
+                    let bits = _mm256_and_si256(_mm256_castps_si256(*vi), exp);
+                    bad |= _mm256_movemask_epi8(_mm256_cmpeq_epi32(bits, exp));
+                }
+                transpose8(&mut v);
+                for (j, vj) in v.iter().enumerate() {
+                    _mm256_maskstore_ps(o.add((k0 + j) * rows + slab), mask, *vj);
+                }
+            }
+            for k in full..d {
+                for i in 0..width {
+                    let x = if i < present { src.get((slab + i) * d + k) } else { 0.0 };
+                    bad |= i32::from(!x.is_finite());
+                    *o.add(k * rows + slab + i) = x;
+                }
+            }
+        }
+        bad == 0
+    }
+
+    // ---- the few-query kernels -------------------------------------------------------------
+
+    /// # Safety
+    /// AVX-512F and the lengths `super::score_rows_gl` asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_gl_n<const P: usize>(
+        d: usize,
+        gallery: &[f32],
+        panel: &[f32],
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+        valid: usize,
+    ) {
+        const ROWS: usize = AVX512_GL_ROWS;
+        let g = gallery.as_ptr();
+        let p = panel.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); 2]; P];
+        for k in 0..d {
+            let g0 = _mm512_loadu_ps(g.add(k * ROWS));
+            let g1 = _mm512_loadu_ps(g.add(k * ROWS + 16));
+            for (j, acc_q) in acc.iter_mut().enumerate() {
+                let q = _mm512_set1_ps(*p.add(k * P + j));
+                acc_q[0] = _mm512_fmadd_ps(g0, q, acc_q[0]);
+                acc_q[1] = _mm512_fmadd_ps(g1, q, acc_q[1]);
+            }
+        }
+        let mut out = [[0.0f32; ROWS]; P];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+        }
+        gl_epilogue(&out, tile, first_row, tokens, valid);
+    }
+
+    /// # Safety
+    /// AVX-512F and the lengths `super::score_rows_gl` asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512_gl(
+        d: usize,
+        gallery: &[f32],
+        panel: &[f32],
+        queries: usize,
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+        valid: usize,
+    ) {
+        const _: () = assert!(AVX512_GL_QUERIES == 8);
+        let (d, g, p, t, f, n, v) = (d, gallery, panel, tile, first_row, tokens, valid);
+        match queries {
+            1 => avx512_gl_n::<1>(d, g, p, t, f, n, v),
+            2 => avx512_gl_n::<2>(d, g, p, t, f, n, v),
+            3 => avx512_gl_n::<3>(d, g, p, t, f, n, v),
+            4 => avx512_gl_n::<4>(d, g, p, t, f, n, v),
+            5 => avx512_gl_n::<5>(d, g, p, t, f, n, v),
+            6 => avx512_gl_n::<6>(d, g, p, t, f, n, v),
+            7 => avx512_gl_n::<7>(d, g, p, t, f, n, v),
+            _ => avx512_gl_n::<8>(d, g, p, t, f, n, v),
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA, and the lengths `super::score_rows_gl` asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_gl_n<const P: usize>(
+        d: usize,
+        gallery: &[f32],
+        panel: &[f32],
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+        valid: usize,
+    ) {
+        const ROWS: usize = AVX2_GL_ROWS;
+        let g = gallery.as_ptr();
+        let p = panel.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; P];
+        for k in 0..d {
+            let g0 = _mm256_loadu_ps(g.add(k * ROWS));
+            let g1 = _mm256_loadu_ps(g.add(k * ROWS + 8));
+            for (j, acc_q) in acc.iter_mut().enumerate() {
+                let q = _mm256_set1_ps(*p.add(k * P + j));
+                acc_q[0] = _mm256_fmadd_ps(g0, q, acc_q[0]);
+                acc_q[1] = _mm256_fmadd_ps(g1, q, acc_q[1]);
+            }
+        }
+        let mut out = [[0.0f32; ROWS]; P];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+        }
+        gl_epilogue(&out, tile, first_row, tokens, valid);
+    }
+
+    /// # Safety
+    /// AVX2 and FMA, and the lengths `super::score_rows_gl` asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_gl(
+        d: usize,
+        gallery: &[f32],
+        panel: &[f32],
+        queries: usize,
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+        valid: usize,
+    ) {
+        const _: () = assert!(AVX2_GL_QUERIES == 4);
+        let (d, g, p, t, f, n, v) = (d, gallery, panel, tile, first_row, tokens, valid);
+        match queries {
+            1 => avx2_gl_n::<1>(d, g, p, t, f, n, v),
+            2 => avx2_gl_n::<2>(d, g, p, t, f, n, v),
+            3 => avx2_gl_n::<3>(d, g, p, t, f, n, v),
+            _ => avx2_gl_n::<4>(d, g, p, t, f, n, v),
+        }
+    }
+
+    // ---- top-k candidate masks ---------------------------------------------------------------
+
+    /// `super::above_masks` for rows of 32 lanes.
+    ///
+    /// # Safety
+    /// AVX-512F; `scores` whole rows of 32, `bounds` at least 32, `masks` one per row.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn masks32_avx512(scores: &[f32], bounds: &[f32], masks: &mut [u64]) {
+        let b0 = _mm512_loadu_ps(bounds.as_ptr());
+        let b1 = _mm512_loadu_ps(bounds.as_ptr().add(16));
+        for (row, mask) in scores.chunks_exact(32).zip(masks.iter_mut()) {
+            let lo = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_loadu_ps(row.as_ptr()), b0);
+            let hi = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_loadu_ps(row.as_ptr().add(16)), b1);
+            *mask = u64::from(lo) | (u64::from(hi) << 16);
+        }
+    }
+
+    /// `super::above_masks` for rows of 16 lanes.
+    ///
+    /// # Safety
+    /// AVX2; `scores` whole rows of 16, `bounds` at least 16, `masks` one per row.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn masks16_avx2(scores: &[f32], bounds: &[f32], masks: &mut [u64]) {
+        let b0 = _mm256_loadu_ps(bounds.as_ptr());
+        let b1 = _mm256_loadu_ps(bounds.as_ptr().add(8));
+        for (row, mask) in scores.chunks_exact(16).zip(masks.iter_mut()) {
+            let lo = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(row.as_ptr()), b0);
+            let hi = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(row.as_ptr().add(8)), b1);
+            let m = (_mm256_movemask_ps(lo) as u32) | ((_mm256_movemask_ps(hi) as u32) << 8);
+            *mask = u64::from(m);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -462,7 +1142,13 @@ mod tests {
                     for valid in [rows, rows - 1, 1] {
                         let slots = (first_row + rows) / tokens + 1;
                         let mut tile = vec![f32::NEG_INFINITY; slots * lanes];
-                        pack_group(&gallery[..valid * d], d, rows, &mut group);
+                        pack_group(
+                            kernel,
+                            Features::F32(&gallery[..valid * d]),
+                            d,
+                            rows,
+                            &mut group,
+                        );
                         score_rows(kernel, d, &group, &panel, &mut tile, first_row, tokens, valid);
                         let mut want = vec![f32::NEG_INFINITY; slots * lanes];
                         for r in 0..valid {
@@ -483,6 +1169,167 @@ mod tests {
                             same,
                             "{kernel:?} d={d} tokens={tokens} first_row={first_row} valid={valid}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Random features in every storage format, and their exact `f32` values.
+    fn formats(rng: &mut ChaCha8Rng, n: usize) -> (Vec<f32>, Vec<u16>, Vec<u16>) {
+        let f32s: Vec<f32> = (0..n).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+        let f16s = f32s.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let bf16s = f32s.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        (f32s, f16s, bf16s)
+    }
+
+    #[test]
+    fn every_kernel_packs_every_format_like_the_portable_code() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let portable = Kernel::detect(Simd::Portable).unwrap();
+        for kernel in Kernel::available() {
+            for rows in [kernel.rows(), kernel.gl_rows(), 5, 16, 17] {
+                for d in [1usize, 7, 8, 15, 16, 17, 40, 256] {
+                    for valid in [0, 1, rows / 2, rows] {
+                        let (f, h, b) = formats(&mut rng, valid * d);
+                        for src in [Features::F32(&f), Features::F16(&h), Features::Bf16(&b)] {
+                            let mut want = vec![f32::NAN; rows * d];
+                            let mut got = vec![f32::NAN; rows * d];
+                            assert!(pack_group(portable, src, d, rows, &mut want));
+                            assert!(pack_group(kernel, src, d, rows, &mut got));
+                            let same =
+                                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{kernel:?} {} rows={rows} d={d} valid={valid}",
+                                src.dtype()
+                            );
+                            for r in 0..valid {
+                                for k in 0..d {
+                                    assert_eq!(
+                                        want[k * rows + r].to_bits(),
+                                        src.get(r * d + k).to_bits()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_widens_every_half_value_exactly_and_flags_non_finite_ones() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let d = 64;
+        for kernel in Kernel::available() {
+            let rows = kernel.gl_rows();
+            for (format, chunk_of) in [("f16", 0), ("bf16", 1)] {
+                for chunk in all.chunks(rows * d) {
+                    let src =
+                        if chunk_of == 0 { Features::F16(chunk) } else { Features::Bf16(chunk) };
+                    let mut out = vec![0.0f32; rows * d];
+                    let finite = pack_group(kernel, src, d, rows, &mut out);
+                    let any_bad = (0..chunk.len()).any(|i| !src.get(i).is_finite());
+                    assert_eq!(finite, !any_bad, "{kernel:?} {format}");
+                    for (i, &bits) in chunk.iter().enumerate() {
+                        let want = if chunk_of == 0 {
+                            half::f16::from_bits(bits).to_f32()
+                        } else {
+                            half::bf16::from_bits(bits).to_f32()
+                        };
+                        let got = out[(i % d) * rows + i / d];
+                        assert!(
+                            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                            "{kernel:?} {format} {bits:#06x}: {got} != {want}"
+                        );
+                    }
+                }
+            }
+            // One non-finite f32 anywhere in a group is flagged.
+            let rows = kernel.rows();
+            for at in [0, 5, rows * 17 - 1] {
+                let mut values = vec![0.5f32; rows * 17];
+                values[at] = f32::INFINITY;
+                let mut out = vec![0.0f32; rows * 17];
+                assert!(!pack_group(kernel, Features::F32(&values), 17, rows, &mut out));
+            }
+        }
+    }
+
+    #[test]
+    fn the_few_query_kernel_reproduces_the_reference_chain_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        for kernel in Kernel::available() {
+            let rows = kernel.gl_rows();
+            for queries in 1..=kernel.gl_queries() {
+                for &(d, tokens) in &[(1usize, 1usize), (3, 2), (17, 3), (64, 8), (256, 32)] {
+                    let gallery: Vec<f32> =
+                        (0..rows * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let qs: Vec<f32> =
+                        (0..queries * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let panel = pack_panels(&qs, queries, d, queries).unwrap();
+                    let mut group = vec![0.0; rows * d];
+                    for first_row in [0, 1, tokens] {
+                        for valid in [rows, rows - 1, 1] {
+                            let slots = (first_row + rows) / tokens + 1;
+                            let mut tile = vec![f32::NEG_INFINITY; slots * queries];
+                            let src = Features::F32(&gallery[..valid * d]);
+                            pack_group(kernel, src, d, rows, &mut group);
+                            score_rows_gl(
+                                kernel, d, &group, &panel, queries, &mut tile, first_row, tokens,
+                                valid,
+                            );
+                            let mut want = vec![f32::NEG_INFINITY; slots * queries];
+                            for r in 0..valid {
+                                for l in 0..queries {
+                                    let s = dot_chain(
+                                        &gallery[r * d..(r + 1) * d],
+                                        &qs[l * d..(l + 1) * d],
+                                    );
+                                    let slot = &mut want[(first_row + r) / tokens * queries + l];
+                                    *slot = slot.max(s);
+                                }
+                            }
+                            assert!(
+                                tile.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{kernel:?} q={queries} d={d} t={tokens} first={first_row} valid={valid}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn candidate_masks_match_the_scalar_comparison() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let portable = Kernel::detect(Simd::Portable).unwrap();
+        for kernel in Kernel::available() {
+            for lanes in [1, 4, 8, 16, 32] {
+                let scores: Vec<f32> =
+                    (0..lanes * 50)
+                        .map(|i| {
+                            if i % 7 == 0 {
+                                f32::NEG_INFINITY
+                            } else {
+                                rng.random_range(-1.0..1.0)
+                            }
+                        })
+                        .collect();
+                let mut bounds: Vec<f32> =
+                    (0..lanes).map(|_| rng.random_range(-1.0..1.0)).collect();
+                bounds[0] = f32::NEG_INFINITY;
+                bounds[lanes - 1] = f32::INFINITY;
+                let (mut got, mut want) = (vec![0u64; 50], vec![0u64; 50]);
+                above_masks(kernel, &scores, lanes, &bounds, &mut got);
+                above_masks(portable, &scores, lanes, &bounds, &mut want);
+                assert_eq!(got, want, "{kernel:?} lanes={lanes}");
+                for (row, &m) in scores.chunks_exact(lanes).zip(&want) {
+                    for l in 0..lanes {
+                        assert_eq!(m >> l & 1 == 1, row[l] > bounds[l]);
                     }
                 }
             }

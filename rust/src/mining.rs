@@ -286,20 +286,46 @@ impl<'a> Miner<'a> {
         let chunks: Vec<Result<HardNegatives>> = block
             .par_chunks(n * ROWS_PER_TASK)
             .enumerate()
-            .map_init(Scratch::default, |scratch, (c, rows)| {
-                let first = first_query + c * ROWS_PER_TASK;
-                let mut part = HardNegatives::try_with_capacity(rows.len() / n)?;
-                for (r, row) in rows.chunks_exact(n).enumerate() {
-                    let query = first + r;
-                    let target = self.targets[query] as usize;
-                    let limit = self.candidate_limit();
-                    let rank = rank_row(row, target, self.spec.candidates, limit, scratch)
-                        .map_err(|e| e.at_row(query))?;
-                    let drops =
-                        self.choose_and_keep(query, row[target], Some(row), scratch, &mut part)?;
-                    part.finish_row(rank, row[target], drops);
-                }
-                Ok(part)
+            .map(|(c, rows)| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let first = first_query + c * ROWS_PER_TASK;
+                    let mut part = HardNegatives::try_with_capacity(rows.len() / n)?;
+                    for (r, row) in rows.chunks_exact(n).enumerate() {
+                        let query = first + r;
+                        let target = self.targets[query] as usize;
+                        let score = row[target];
+                        let (rank, drops) = if let Candidates::Band = self.spec.candidates {
+                            // The band needs the whole row's rule: the fast row miner.
+                            let (rank, drops) = mine_row(row, target, &self.options, scratch)
+                                .map_err(|e| e.at_row(query))?;
+                            let chosen = Some(drops);
+                            self.choose_and_keep(
+                                query,
+                                score,
+                                Some(row),
+                                chosen,
+                                scratch,
+                                &mut part,
+                            )?;
+                            (rank, drops)
+                        } else {
+                            let limit = self.candidate_limit();
+                            let rank = rank_row(row, target, self.spec.candidates, limit, scratch)
+                                .map_err(|e| e.at_row(query))?;
+                            let drops = self.choose_and_keep(
+                                query,
+                                score,
+                                Some(row),
+                                None,
+                                scratch,
+                                &mut part,
+                            )?;
+                            (rank, drops)
+                        };
+                        part.finish_row(rank, score, drops);
+                    }
+                    Ok(part)
+                })
             })
             .collect();
         let mut parts = Vec::with_capacity(chunks.len());
@@ -308,6 +334,71 @@ impl<'a> Miner<'a> {
             parts.push(chunk?);
         }
         out.append(&parts)
+    }
+
+    /// Mines queries `first_query ..` from their windows instead of their score rows: for each,
+    /// its target's rank and the rank keys of the first `max_rank` items ranked after the
+    /// target (any order; `windows[i]`). The same result as [`Miner::mine_block`] on the rows,
+    /// which the rule only reads through these. Appends to `out` as `mine_block` does.
+    pub fn mine_windows(
+        &self,
+        first_query: usize,
+        ranks: &[usize],
+        target_scores: &[f32],
+        windows: &[Vec<u64>],
+        out: &mut HardNegatives,
+    ) -> Result<()> {
+        if first_query != out.len()
+            || ranks.len() != windows.len()
+            || target_scores.len() != windows.len()
+            || first_query + ranks.len() > self.n_queries()
+        {
+            return Err(QureError::invalid("windows do not continue the queries mined"));
+        }
+        let chunks: Vec<Result<HardNegatives>> = windows
+            .par_chunks(ROWS_PER_TASK)
+            .zip(ranks.par_chunks(ROWS_PER_TASK))
+            .zip(target_scores.par_chunks(ROWS_PER_TASK))
+            .enumerate()
+            .map(|(c, ((windows, ranks), scores))| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let first = first_query + c * ROWS_PER_TASK;
+                    let mut part = HardNegatives::try_with_capacity(windows.len())?;
+                    for (r, ((window, &rank), &score)) in
+                        windows.iter().zip(ranks).zip(scores).enumerate()
+                    {
+                        let query = first + r;
+                        scratch.band.clear();
+                        let keys = &mut scratch.keys;
+                        keys.clear();
+                        try_reserve(keys, window.len(), "mining scratch", &[window.len()])?;
+                        keys.extend_from_slice(window);
+                        let drops =
+                            self.choose_and_keep(query, score, None, None, scratch, &mut part)?;
+                        part.finish_row(rank, score, drops);
+                    }
+                    Ok(part)
+                })
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            parts.push(chunk?);
+        }
+        out.append(&parts)
+    }
+
+    /// The options.
+    pub fn options(&self) -> MineOptions {
+        self.options
+    }
+
+    /// Whether the candidates and filters read nothing of a row but the target's rank and
+    /// score and the first `max_rank` items after it (so windows streamed from features
+    /// suffice): not for a top-k candidate set, nor against the lowest positive's score.
+    pub fn reads_tail_only(&self) -> bool {
+        !matches!(self.spec.candidates, Candidates::Top { .. })
+            && self.spec.filters.reference == Reference::Target
     }
 
     /// Mines queries whose tails were gathered elsewhere (sharded mining): query `i` has
@@ -393,7 +484,8 @@ impl<'a> Miner<'a> {
                         }
                         scratch.band.clear();
                         let score = target_scores[query];
-                        let drops = self.choose_and_keep(query, score, None, scratch, &mut part)?;
+                        let drops =
+                            self.choose_and_keep(query, score, None, None, scratch, &mut part)?;
                         part.finish_row(above[query] as usize, score, drops);
                     }
                     Ok(part)
@@ -431,12 +523,14 @@ impl<'a> Miner<'a> {
         query: usize,
         target_score: f32,
         row: Option<&[f32]>,
+        chosen: Option<Option<(usize, usize)>>,
         scratch: &mut Scratch,
         part: &mut HardNegatives,
     ) -> Result<Option<(usize, usize)>> {
         let spec = self.spec;
-        let drops = match spec.candidates {
-            Candidates::Band => choose_in_tail(scratch, &self.options)?,
+        let drops = match (spec.candidates, chosen) {
+            (Candidates::Band, Some(drops)) => drops, // the band is already in scratch.band
+            (Candidates::Band, None) => choose_in_tail(scratch, &self.options)?,
             _ => None,
         };
         let target = self.targets[query] as usize;
@@ -673,9 +767,21 @@ impl Miner<'_> {
     }
 }
 
+thread_local! {
+    /// Each thread's mining buffers, kept between rows and calls: a fresh set per task would
+    /// map (and the kernel zero) new pages for every few rows.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 /// Per-thread buffers, reused across rows; every one grows fallibly.
 #[derive(Default)]
 struct Scratch {
+    /// Coarse bucket counts of the tail (fast path), then their running sums.
+    coarse: Vec<u32>,
+    /// Which coarse buckets the fast path reads item by item.
+    wanted: Vec<u8>,
+    /// Each item's coarse bucket (fast path).
+    ids: Vec<u16>,
     keys: Vec<u64>,
     count: Vec<u32>,
     bucket_min: Vec<f32>,
@@ -721,6 +827,88 @@ impl From<QureError> for RowError {
     fn from(err: QureError) -> Self {
         RowError::Alloc(err)
     }
+}
+
+/// Mines one row; the band's rank keys (before exclusions) are left in `scratch.band`.
+/// Returns the target's rank and the chosen drop positions.
+///
+/// The row's passes are plain loops written for the compiler to vectorise; where the CPU has
+/// AVX2 (run-time detection, capped by `QURE_SIMD` like the scoring kernels) they are compiled
+/// for it. Both builds run the same integer and IEEE operations: the result is the same.
+fn mine_row(
+    row: &[f32],
+    target: usize,
+    options: &MineOptions,
+    scratch: &mut Scratch,
+) -> std::result::Result<(usize, Option<(usize, usize)>), RowError> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel::Kernel::current().simd() >= crate::kernel::Simd::Avx2 {
+        // SAFETY: a kernel of at least AVX2 exists only where run-time detection found AVX2
+        // and FMA; the function has no other requirement.
+        return unsafe { mine_row_avx2(row, target, options, scratch) };
+    }
+    mine_row_any(row, target, options, scratch)
+}
+
+/// [`mine_row`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mine_row_avx2(
+    row: &[f32],
+    target: usize,
+    options: &MineOptions,
+    scratch: &mut Scratch,
+) -> std::result::Result<(usize, Option<(usize, usize)>), RowError> {
+    mine_row_any(row, target, options, scratch)
+}
+
+#[inline(always)]
+fn mine_row_any(
+    row: &[f32],
+    target: usize,
+    options: &MineOptions,
+    scratch: &mut Scratch,
+) -> std::result::Result<(usize, Option<(usize, usize)>), RowError> {
+    let n = row.len();
+    scratch.band.clear();
+    if let Some(done) = fast::mine_row(row, target, options, scratch)? {
+        return Ok(done);
+    }
+    scratch.band.clear();
+    let keys = &mut scratch.keys;
+    try_refill(keys, n, 0, "mining scratch")?;
+    let target_key = rank_key(row[target], target as u32);
+    let mut len = 0;
+    let mut finite = true;
+    // Branch-free compaction: every key is written, only tail keys (key > target's) advance.
+    for (j, &v) in row.iter().enumerate() {
+        finite &= v.is_finite();
+        let key = rank_key(v, j as u32);
+        keys[len] = key;
+        len += usize::from(key > target_key);
+    }
+    if !finite {
+        return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
+    }
+    let target_rank = n - 1 - len;
+    if let Some(m) = options.max_rank {
+        if m < len {
+            keys[..len].select_nth_unstable(m - 1);
+            len = m;
+        }
+    }
+    keys.truncate(len);
+    if len < 3 {
+        return Ok((target_rank, None));
+    }
+    let drops = match choose_band_bucketed(scratch, options)? {
+        Some(pair) => Some(pair),
+        None => choose_band_sorted(scratch, options)?,
+    };
+    Ok((target_rank, drops))
 }
 
 /// Ranks one row: leaves in `scratch.keys` the rank keys of the items ranked after the target
@@ -1043,6 +1231,309 @@ fn choose_band_bucketed(
     Ok(Some((a, b)))
 }
 
+/// The fast path of [`mine_row`]: a few streaming passes over the score row, no tail keys.
+///
+/// 1. Tail pass: the target's rank and the tail's extreme scores (vectorised).
+/// 2. Bucket pass: each tail item's coarse bucket (about 8 items per bucket, by score; one
+///    `u16` per item, vectorised), then the bucket counts. Any drop between items in the same
+///    or adjacent buckets is less than about two bucket widths (`bound`); steeper drops can
+///    only cross empty buckets.
+/// 3. The items of every non-empty bucket next to an empty one (and of the bucket where a
+///    `max_rank` window ends) are gathered, bucket by bucket, and each bucket sorted: the drops
+///    among them steeper than `bound` are, exactly, the steepest drops of the tail, in order.
+/// 4. When the pair the rule picks is among those, the band is a run of tail positions between
+///    two strict drops, so a score range: one pass scatters it into its buckets (whose counts
+///    are known) and each small bucket is sorted.
+///
+/// Anything it cannot certify (ties, flat tails, a pair beyond the certified drops, too many
+/// items to gather) returns `None` and the row takes the general path: results are exact. Rows
+/// whose target ranks far down (more than a quarter of a sample above it) go there directly.
+mod fast {
+    use super::{choose_pair, insertion_sort, MineOptions, RowError, Scratch};
+    use crate::error::{try_refill, try_reserve};
+    use crate::keys::{drop_key, key_score, rank_key};
+
+    /// Tail items per coarse bucket.
+    const ITEMS_PER_COARSE: usize = 8;
+    /// At most this many coarse buckets (bucket ids and the "not in the tail" id fit a `u16`).
+    const MAX_BUCKETS: usize = 1 << 15;
+
+    type Done = (usize, Option<(usize, usize)>);
+
+    /// Each item's bucket (`outside` for items not in the tail, the target included); returns
+    /// the tail size and whether every score is finite. Branch-free: the compiler vectorises it.
+    #[inline(always)]
+    fn bucket_pass(
+        row: &[f32],
+        target: usize,
+        map: Map,
+        outside: u16,
+        out: &mut [u16],
+    ) -> (usize, bool) {
+        let st = row[target];
+        #[inline(always)]
+        fn part(row: &[f32], out: &mut [u16], st: f32, eq: bool, map: Map, outside: u16) -> u32 {
+            let (mut count, mut bad) = (0u32, 0u32);
+            for (b, &v) in out.iter_mut().zip(row) {
+                bad |= u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000);
+                let in_tail = v < st || (eq && v == st);
+                count += u32::from(in_tail);
+                *b = if in_tail { map.bucket(v) } else { outside };
+            }
+            count | (bad << 31)
+        }
+        let (mut count, mut bad) = (0usize, false);
+        let (before, after) = out.split_at_mut(target);
+        after[0] = outside;
+        let chunk = 1 << 30; // counts stay below 2^31
+        for (o, r) in before.chunks_mut(chunk).zip(row[..target].chunks(chunk)) {
+            let c = part(r, o, st, false, map, outside);
+            (count, bad) = (count + (c & 0x7fff_ffff) as usize, bad | (c >> 31 != 0));
+        }
+        for (o, r) in after[1..].chunks_mut(chunk).zip(row[target + 1..].chunks(chunk)) {
+            let c = part(r, o, st, true, map, outside);
+            (count, bad) = (count + (c & 0x7fff_ffff) as usize, bad | (c >> 31 != 0));
+        }
+        (count, !bad)
+    }
+
+    /// The coarse bucket map: `min(floor((hi - v) * scale), last)` in `f32`. Every step rounds
+    /// monotonically, so a higher score never lands in a later bucket and equal scores share one.
+    #[derive(Clone, Copy)]
+    struct Map {
+        hi: f32,
+        scale: f32,
+        last: f32,
+    }
+
+    impl Map {
+        #[inline(always)]
+        fn bucket(self, v: f32) -> u16 {
+            ((self.hi - v) * self.scale).min(self.last) as i32 as u16
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn mine_row(
+        row: &[f32],
+        target: usize,
+        options: &MineOptions,
+        scratch: &mut Scratch,
+    ) -> Result<Option<Done>, RowError> {
+        let n = row.len();
+        let st = row[target];
+        if n < 4 || n > u32::MAX as usize || !st.is_finite() {
+            return Ok(None);
+        }
+        // The range: from the target's score (no tail item scores higher) down to the lowest
+        // tail score of a sample. Lower items land in the last bucket, which is always read
+        // item by item, so its width does not matter.
+        // Sampled in a few contiguous runs (a strided sample would touch a line per value).
+        let run = 64.min(n);
+        let (mut lo, mut above, mut sampled) = (st, 0usize, 0usize);
+        for r in 0..4 {
+            let start = (n - run) / 3 * r;
+            for &v in &row[start..start + run] {
+                lo = if v < st { lo.min(v) } else { lo };
+                above += usize::from(v > st);
+                sampled += 1;
+            }
+        }
+        // Its passes read the whole row several times; when the tail is much shorter than
+        // the row (a target ranked far down), the general path, which compacts the tail
+        // first, is faster.
+        if above * 4 > sampled || lo >= st || !(st - lo).is_finite() {
+            return Ok(None);
+        }
+        let buckets = (n / ITEMS_PER_COARSE).clamp(16, MAX_BUCKETS);
+        let scale = buckets as f32 / (st - lo);
+        if !scale.is_finite() || scale <= 0.0 {
+            return Ok(None);
+        }
+        let map = Map { hi: st, scale, last: (buckets - 1) as f32 };
+        let last = buckets - 1;
+        // With x = st - v, the map computes t = x * scale * (1 + e), |e| <= 2^-23 (two
+        // roundings), so items in the same or adjacent buckets below the last (t's at most 2
+        // apart and below buckets) differ by less than (2 + 2 buckets 2^-22) / scale; the f32
+        // drop rounds by a further 2^-24. `bound` covers both.
+        let bound = (2.0 + 2.0 * (buckets as f64 + 1.0) * 2f64.powi(-22)) / f64::from(scale)
+            * (1.0 + 2f64.powi(-20));
+
+        // Pass 1: each item's bucket (`outside` when not in the tail), the tail size, and
+        // whether every score is finite; vectorised.
+        let ids = &mut scratch.ids;
+        try_refill(ids, n, 0, "mining scratch")?;
+        let outside = buckets as u16;
+        let (m, finite) = bucket_pass(row, target, map, outside, ids);
+        if !finite {
+            return Ok(None); // the general path names the value
+        }
+        let rank = n - 1 - m;
+        let window = options.max_rank.map_or(m, |w| w.min(m));
+        if window < 3 {
+            return Ok(Some((rank, None)));
+        }
+        // counts[b]: tail items in buckets before b (after the running sum); slot `buckets + 1`
+        // collects the items outside the tail.
+        let counts = &mut scratch.coarse;
+        try_refill(counts, buckets + 2, 0, "mining scratch")?;
+        for &b in ids.iter() {
+            counts[usize::from(b) + 1] += 1;
+        }
+        for b in 0..buckets {
+            counts[b + 1] += counts[b];
+        }
+        let counts = &counts[..=buckets];
+        let before = |b: usize| counts[b] as usize;
+        // The bucket where the window ends.
+        let end = counts[1..].partition_point(|&c| (c as usize) < window);
+        let occupied = |b: usize| counts[b + 1] > counts[b];
+        let wanted = &mut scratch.wanted;
+        try_refill(wanted, buckets + 1, 0, "mining scratch")?;
+        let mut gathered = 0usize;
+        // Wanted buckets lie in 0..=upper, lower..=end, or are `end` itself.
+        let (mut upper, mut lower) = (0usize, end + 1);
+        let mode = (0..=end).max_by_key(|&b| (before(b + 1) - before(b), usize::MAX - b));
+        let mode = mode.unwrap_or(0);
+        for (b, want) in wanted.iter_mut().enumerate().take(end + 1) {
+            // The last bucket has no lower edge (it holds everything below the sampled range),
+            // so it and its neighbour are read item by item too.
+            let edge = b == end || b + 1 >= last || (b > 0 && !occupied(b - 1)) || !occupied(b + 1);
+            if occupied(b) && edge {
+                *want = 1;
+                gathered += before(b + 1) - before(b);
+                if b < mode {
+                    upper = upper.max(b);
+                } else if b != end {
+                    lower = lower.min(b);
+                }
+            }
+        }
+        if gathered > (window / 4).max(256) {
+            return Ok(None);
+        }
+        // Gather bucket by bucket (a counting sort by bucket), then sort each small bucket.
+        let cursor = &mut scratch.cursor;
+        try_refill(cursor, buckets + 1, 0, "mining scratch")?;
+        let mut offset = 0u32;
+        for b in 0..=end {
+            if wanted[b] != 0 {
+                cursor[b] = offset;
+                offset += counts[b + 1] - counts[b];
+            }
+        }
+        let keys = &mut scratch.keys;
+        try_refill(keys, gathered, 0, "mining scratch")?;
+        let (upper, lower, end16) = (upper as u16, lower as u16, end as u16);
+        for (c, (id_chunk, v_chunk)) in ids.chunks(32).zip(row.chunks(32)).enumerate() {
+            // A vectorised test first: most chunks hold no wanted item.
+            let any = id_chunk
+                .iter()
+                .fold(false, |a, &b| a | (b <= upper) | (b >= lower && b <= end16) | (b == end16));
+            if !any {
+                continue;
+            }
+            for (i, (&b, &v)) in id_chunk.iter().zip(v_chunk).enumerate() {
+                if wanted[usize::from(b)] != 0 {
+                    let slot = &mut cursor[usize::from(b)];
+                    keys[*slot as usize] = rank_key(v, (c * 32 + i) as u32);
+                    *slot += 1;
+                }
+            }
+        }
+        // Walk the gathered items in rank order with their tail positions.
+        let candidates = &mut scratch.candidates;
+        candidates.clear();
+        try_reserve(candidates, gathered, "mining scratch", &[gathered])?;
+        let mut start = 0usize;
+        let mut previous: Option<(f32, usize, usize)> = None; // (score, bucket, position)
+        let mut visit = |position: usize, v: f32, bucket: usize, previous: &mut Option<_>| {
+            if let Some((w, pb, pp)) = *previous {
+                // Consecutive in the tail: same bucket, or only empty buckets between.
+                if pb == bucket || before(pb + 1) == before(bucket) {
+                    let drop: f32 = v - w;
+                    if f64::from(drop) < -bound {
+                        candidates.push(drop_key(drop, pp as u32));
+                    }
+                }
+            }
+            *previous = Some((v, bucket, position));
+        };
+        for b in 0..=end {
+            if wanted[b] == 0 {
+                continue;
+            }
+            let stop = cursor[b] as usize;
+            let bucket_keys = &mut keys[start..stop];
+            insertion_sort(bucket_keys);
+            let first = before(b);
+            for (i, &k) in bucket_keys.iter().enumerate() {
+                if first + i >= window {
+                    break;
+                }
+                visit(first + i, key_score(k), b, &mut previous);
+            }
+            start = stop;
+        }
+        let Some((a, b)) = choose_pair(candidates, options) else {
+            return Ok(None);
+        };
+        // tail[a] and tail[a + 1] (and tail[b], tail[b + 1]) were gathered: find their scores.
+        let mut top = None;
+        let mut bottom = None;
+        let mut start = 0usize;
+        for bk in 0..=end {
+            if wanted[bk] == 0 {
+                continue;
+            }
+            let stop = cursor[bk] as usize;
+            let first = before(bk);
+            for (i, &k) in keys[start..stop].iter().enumerate() {
+                if first + i == a + 1 {
+                    top = Some((key_score(k), bk));
+                }
+                if first + i == b {
+                    bottom = Some((key_score(k), bk));
+                }
+            }
+            start = stop;
+        }
+        let (Some((top, top_bucket)), Some((bottom, bottom_bucket))) = (top, bottom) else {
+            return Ok(None);
+        };
+        // The band tail[a + 1 ..= b] lies between two strict drops: exactly the tail items
+        // scoring in [bottom, top], in buckets top_bucket ..= bottom_bucket. Scatter them into
+        // their buckets (each bucket's share of the band is known from the counts) and sort.
+        let size = b - a;
+        let band_start = a + 1;
+        let offset_of = |bk: usize| before(bk).max(band_start) - band_start;
+        for (bk, c) in cursor.iter_mut().enumerate().take(bottom_bucket + 1).skip(top_bucket) {
+            *c = offset_of(bk) as u32;
+        }
+        let band = &mut scratch.band;
+        try_refill(band, size, 0, "mining scratch")?;
+        let (tb, bb) = (top_bucket as u16, bottom_bucket as u16);
+        for (j, (&bk, &v)) in ids.iter().zip(row).enumerate() {
+            if bk >= tb && bk <= bb && v <= top && v >= bottom {
+                let slot = &mut cursor[usize::from(bk)];
+                match band.get_mut(*slot as usize) {
+                    Some(s) => *s = rank_key(v, j as u32),
+                    None => return Ok(None), // cannot happen: sizes follow from the counts
+                }
+                *slot += 1;
+            }
+        }
+        for bk in top_bucket..=bottom_bucket {
+            let stop = (offset_of(bk + 1).min(size)).max(offset_of(bk));
+            if cursor[bk] as usize != stop {
+                return Ok(None); // cannot happen either; the general path decides
+            }
+            insertion_sort(&mut band[offset_of(bk)..stop]);
+        }
+        Ok(Some((rank, Some((a, b)))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1178,6 +1669,50 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_is_taken_and_exact() {
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        let mut taken = 0;
+        let mut tried = 0;
+        for case in 0..48 {
+            let n = rng.random_range(1000..12000);
+            let mut row: Vec<f32> = (0..n)
+                .map(|_| (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.05)
+                .collect();
+            if case % 4 == 1 {
+                for _ in 0..5 {
+                    let j = rng.random_range(0..n);
+                    row[j] = rng.random_range(0.3f32..0.6); // planted near-duplicates
+                }
+            }
+            let target = if case % 2 == 0 {
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
+                order[rng.random_range(0..20)]
+            } else {
+                rng.random_range(0..n)
+            };
+            for max_rank in [None, Some(50), Some(n / 3)] {
+                for pairing in [Pairing::Consecutive, Pairing::Anchored] {
+                    let options = MineOptions { consecutive_threshold: 1, pairing, max_rank };
+                    let mut scratch = Scratch::default();
+                    tried += 1;
+                    let fast = fast::mine_row(&row, target, &options, &mut scratch);
+                    if let Ok(Some((rank, drops))) = fast {
+                        taken += 1;
+                        let (p, want_drops, band) = reference(&row, target, &options);
+                        assert_eq!((rank, drops), (p, want_drops), "case {case} {options:?}");
+                        let got: Vec<i64> =
+                            scratch.band.iter().map(|&k| i64::from(key_index(k))).collect();
+                        assert_eq!(got, band, "case {case} {options:?}");
+                    }
+                    check(&row, target, options);
+                }
+            }
+        }
+        assert!(taken * 2 > tried, "the fast path certified only {taken} of {tried} rows");
+    }
+
+    #[test]
     fn empty_band_when_no_pair_qualifies() {
         // Tail [0.9, 0.8, 0.7]: drops at 0 and 1 are adjacent, nothing is more than 1 apart.
         let row = [1.0, 0.9, 0.8, 0.7];
@@ -1251,5 +1786,78 @@ mod tests {
         let one = run(1);
         assert_eq!(one, run(2));
         assert_eq!(one, run(5));
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    #[ignore]
+    fn mining_row_costs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (q, n) = (256, 16384);
+        let mut scores = vec![0.0f32; q * n];
+        for v in scores.iter_mut() {
+            let s: f32 = (0..12).map(|_| rng.random_range(-1.0f32..1.0)).sum();
+            *v = s * 0.03;
+        }
+        for (label, rank) in [("rank10", Some(10usize)), ("random", None)] {
+            let targets: Vec<i64> = (0..q)
+                .map(|i| {
+                    let row = &scores[i * n..(i + 1) * n];
+                    match rank {
+                        Some(r) => {
+                            let mut order: Vec<usize> = (0..n).collect();
+                            order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+                            order[r] as i64
+                        }
+                        None => rng.random_range(0..n as i64),
+                    }
+                })
+                .collect();
+            let mut scratch = Scratch::default();
+            let opts = MineOptions::default();
+            let mut fast_ok = 0;
+            let start = std::time::Instant::now();
+            for _ in 0..5 {
+                for i in 0..q {
+                    let row = &scores[i * n..(i + 1) * n];
+                    if let Ok(Some(_)) =
+                        fast::mine_row(row, targets[i] as usize, &opts, &mut scratch)
+                    {
+                        fast_ok += 1;
+                    }
+                }
+            }
+            let fast_t = start.elapsed().as_secs_f64() / (5 * q) as f64;
+            let start = std::time::Instant::now();
+            for _ in 0..5 {
+                for i in 0..q {
+                    let row = &scores[i * n..(i + 1) * n];
+                    let _ = mine_row(row, targets[i] as usize, &opts, &mut scratch);
+                }
+            }
+            let all_t = start.elapsed().as_secs_f64() / (5 * q) as f64;
+            let start = std::time::Instant::now();
+            let mut acc = 0.0f32;
+            for _ in 0..5 {
+                for i in 0..q {
+                    acc += scores[i * n..(i + 1) * n].iter().fold(f32::MIN, |a, &b| a.max(b));
+                }
+            }
+            let pass_t = start.elapsed().as_secs_f64() / (5 * q) as f64;
+
+            eprintln!(
+                "{label}: fast ok {fast_ok}/{}, fast {:.1} us/row, mine_row {:.1} us/row, max pass {:.1} us/row ({acc})",
+                5 * q,
+                fast_t * 1e6,
+                all_t * 1e6,
+                pass_t * 1e6
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::QureError;
-use crate::kernel::Kernel;
+use crate::kernel::{Features, Kernel};
 use crate::mining::{self, CsrRef, Exclusions, HardNegatives, MineOptions, Pairing};
 use crate::score::{self as core_score, Gallery, Queries};
 use crate::shard;
@@ -213,41 +213,64 @@ fn optional_csr<'a>(
     }
 }
 
+/// A gallery as the Python layer passes it: `float32`, or half-precision bits as `uint16`
+/// (a view of the caller's `float16`/`bfloat16` buffer, never a converted copy).
+#[derive(FromPyObject)]
+enum GalleryArray<'py> {
+    F32(PyReadonlyArray3<'py, f32>),
+    Half(PyReadonlyArray3<'py, u16>),
+}
+
 fn features<'a>(
     queries: &'a PyReadonlyArray2<'_, f32>,
-    gallery: &'a PyReadonlyArray3<'_, f32>,
+    gallery: &'a GalleryArray<'_>,
+    gallery_format: &str,
 ) -> PyResult<(Queries<'a>, Gallery<'a>)> {
-    let (qs, gs) = (queries.shape(), gallery.shape());
+    let qs = queries.shape();
     let q = Queries { data: contiguous(queries, "queries")?, rows: qs[0], dim: qs[1] };
-    let g =
-        Gallery { data: contiguous(gallery, "gallery")?, items: gs[0], tokens: gs[1], dim: gs[2] };
-    Ok((q, g))
+    let (data, gs) = match (gallery, gallery_format) {
+        (GalleryArray::F32(a), "float32") => (Features::F32(contiguous(a, "gallery")?), a.shape()),
+        (GalleryArray::Half(a), "float16") => (Features::F16(contiguous(a, "gallery")?), a.shape()),
+        (GalleryArray::Half(a), "bfloat16") => {
+            (Features::Bf16(contiguous(a, "gallery")?), a.shape())
+        }
+        (GalleryArray::F32(_), other) | (GalleryArray::Half(_), other) => {
+            return Err(PyValueError::new_err(format!(
+                "gallery_format {other:?} does not match the gallery array (float32 arrays are \
+                 'float32', uint16 bit patterns 'float16' or 'bfloat16')"
+            )))
+        }
+    };
+    Ok((q, Gallery { data, items: gs[0], tokens: gs[1], dim: gs[2] }))
 }
 
 /// `(Q, N)` scores: max over each image's tokens of the dot product with the query.
 #[pyfunction]
+#[pyo3(signature = (queries, gallery, gallery_format="float32"))]
 fn score<'py>(
     py: Python<'py>,
     queries: PyReadonlyArray2<'py, f32>,
-    gallery: PyReadonlyArray3<'py, f32>,
+    gallery: GalleryArray<'py>,
+    gallery_format: &str,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let (q, g) = features(&queries, &gallery)?;
+    let (q, g) = features(&queries, &gallery, gallery_format)?;
     let scores = py.detach(|| core_score::score(q, g)).map_err(to_py)?;
     scores.into_pyarray(py).reshape([q.rows, g.items])
 }
 
 /// Exact top-k `(values, indices)`, streaming over gallery blocks.
 #[pyfunction]
-#[pyo3(signature = (queries, gallery, k, exclude_indptr=None, exclude_indices=None))]
+#[pyo3(signature = (queries, gallery, k, exclude_indptr=None, exclude_indices=None, gallery_format="float32"))]
 fn topk<'py>(
     py: Python<'py>,
     queries: PyReadonlyArray2<'py, f32>,
-    gallery: PyReadonlyArray3<'py, f32>,
+    gallery: GalleryArray<'py>,
     k: usize,
     exclude_indptr: Option<PyReadonlyArray1<'py, i64>>,
     exclude_indices: Option<PyReadonlyArray1<'py, i64>>,
+    gallery_format: &str,
 ) -> PyResult<TopK<'py>> {
-    let (q, g) = features(&queries, &gallery)?;
+    let (q, g) = features(&queries, &gallery, gallery_format)?;
     let exclude = optional_csr(&exclude_indptr, &exclude_indices, "exclude")?;
     let (values, indices) = py.detach(|| core_score::topk(q, g, k, exclude)).map_err(to_py)?;
     Ok((
@@ -258,13 +281,15 @@ fn topk<'py>(
 
 /// Each target's 0-based rank without sorting.
 #[pyfunction]
+#[pyo3(signature = (queries, gallery, target_idx, gallery_format="float32"))]
 fn target_rank<'py>(
     py: Python<'py>,
     queries: PyReadonlyArray2<'py, f32>,
-    gallery: PyReadonlyArray3<'py, f32>,
+    gallery: GalleryArray<'py>,
     target_idx: PyReadonlyArray1<'py, i64>,
+    gallery_format: &str,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let (q, g) = features(&queries, &gallery)?;
+    let (q, g) = features(&queries, &gallery, gallery_format)?;
     let targets = contiguous(&target_idx, "target_idx")?;
     let ranks = py.detach(|| core_score::target_rank(q, g, targets)).map_err(to_py)?;
     Ok(ranks.into_pyarray(py))
@@ -272,12 +297,12 @@ fn target_rank<'py>(
 
 /// Scores query blocks and mines them as it goes.
 #[pyfunction]
-#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0, first_query=0))]
+#[pyo3(signature = (queries, gallery, target_idx, *, consecutive_threshold, pairing, max_rank=None, positives_indptr=None, positives_indices=None, gallery_ids=None, block_size=None, strategy="band", rank_start=0, rank_end=None, margin=None, relative_margin=None, max_score=None, min_score=None, reference="target", num_negatives=None, sampling="top", simans_a=1.0, simans_b=0.0, seed=0, first_query=0, gallery_format="float32"))]
 #[allow(clippy::too_many_arguments)]
 fn mine_from_features<'py>(
     py: Python<'py>,
     queries: PyReadonlyArray2<'py, f32>,
-    gallery: PyReadonlyArray3<'py, f32>,
+    gallery: GalleryArray<'py>,
     target_idx: PyReadonlyArray1<'py, i64>,
     consecutive_threshold: usize,
     pairing: &str,
@@ -300,6 +325,7 @@ fn mine_from_features<'py>(
     simans_b: f32,
     seed: u64,
     first_query: u64,
+    gallery_format: &str,
 ) -> PyResult<MinedArrays<'py>> {
     let options = MineOptions { consecutive_threshold, pairing: parse_pairing(pairing)?, max_rank };
     let spec = parse_spec(
@@ -317,7 +343,7 @@ fn mine_from_features<'py>(
         (simans_a, simans_b),
         (seed, first_query),
     )?;
-    let (q, g) = features(&queries, &gallery)?;
+    let (q, g) = features(&queries, &gallery, gallery_format)?;
     let targets = contiguous(&target_idx, "target_idx")?;
     let exclusions = Exclusions {
         positives: optional_csr(&positives_indptr, &positives_indices, "positives")?,
@@ -346,20 +372,21 @@ type TailArrays<'py> =
 /// Sharded mining, on one rank: per query, the shard's items above the target and its best
 /// `max_rank` items after it (see `qure.sharded`).
 #[pyfunction]
-#[pyo3(signature = (queries, shard, *, first_item, n_gallery, target_idx, target_scores, max_rank, block_size=None))]
+#[pyo3(signature = (queries, shard, *, first_item, n_gallery, target_idx, target_scores, max_rank, block_size=None, gallery_format="float32"))]
 #[allow(clippy::too_many_arguments)]
 fn tail_candidates<'py>(
     py: Python<'py>,
     queries: PyReadonlyArray2<'py, f32>,
-    shard: PyReadonlyArray3<'py, f32>,
+    shard: GalleryArray<'py>,
     first_item: usize,
     n_gallery: usize,
     target_idx: PyReadonlyArray1<'py, i64>,
     target_scores: PyReadonlyArray1<'py, f32>,
     max_rank: usize,
     block_size: Option<usize>,
+    gallery_format: &str,
 ) -> PyResult<TailArrays<'py>> {
-    let (q, g) = features(&queries, &shard)?;
+    let (q, g) = features(&queries, &shard, gallery_format)?;
     let targets = contiguous(&target_idx, "target_idx")?;
     let target_scores = contiguous(&target_scores, "target_scores")?;
     let found = py

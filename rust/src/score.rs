@@ -11,7 +11,10 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{try_filled, try_reserve, QureError, Result};
-use crate::kernel::{dot_chain, pack_group, pack_panels, score_rows, Kernel, MAX_LANES};
+pub use crate::kernel::Features;
+use crate::kernel::{
+    above_masks, pack_group, pack_panels, score_rows, score_rows_gl, Kernel, MAX_LANES,
+};
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
 use crate::strategy::Spec;
@@ -27,6 +30,12 @@ const TOPK_TASK_QUERIES: usize = 2048;
 const TASKS_PER_THREAD: usize = 4;
 /// Score-matrix bytes held at once by [`mine_from_features`].
 const MINE_BLOCK_BYTES: usize = 64 << 20;
+/// Up to this many queries are scored by the few-query kernel (gallery rows along the vector
+/// lanes, work split by gallery chunks), which wastes no lanes on absent queries.
+const FEW_QUERIES: usize = 16;
+/// From this `k` on, top-k splits work by queries before gallery chunks: each gallery chunk
+/// keeps its own top k, and with a large k that repeats most of the selection work per chunk.
+const LARGE_K: usize = 256;
 
 /// Row-major query features `(rows, dim)`.
 #[derive(Clone, Copy, Debug)]
@@ -39,11 +48,11 @@ pub struct Queries<'a> {
     pub dim: usize,
 }
 
-/// Row-major gallery features `(items, tokens, dim)`.
+/// Row-major gallery features `(items, tokens, dim)`, in `f32` or half precision.
 #[derive(Clone, Copy, Debug)]
 pub struct Gallery<'a> {
     /// `items * tokens * dim` values.
-    pub data: &'a [f32],
+    pub data: Features<'a>,
     /// Number of gallery images.
     pub items: usize,
     /// Token embeddings per image (1 for plain inner product).
@@ -52,23 +61,35 @@ pub struct Gallery<'a> {
     pub dim: usize,
 }
 
-fn check_finite(data: &[f32], row_len: usize, what: &'static str) -> Result<()> {
+/// The first non-finite value of `data` as an error naming its row and column.
+fn check_finite(data: Features<'_>, row_len: usize, what: &'static str) -> Result<()> {
     const CHUNK: usize = 1 << 16;
-    let bad_chunk = threads::install(|| {
-        data.par_chunks(CHUNK).position_first(|c| c.iter().any(|v| !v.is_finite()))
-    });
+    let chunks = data.len().div_ceil(CHUNK);
+    let chunk = |c: usize| data.slice(c * CHUNK..((c + 1) * CHUNK).min(data.len()));
+    let bad_chunk =
+        threads::install(|| (0..chunks).into_par_iter().position_first(|c| !chunk(c).all_finite()));
     match bad_chunk {
         None => Ok(()),
         Some(c) => {
-            let i = c * CHUNK + data[c * CHUNK..].iter().position(|v| !v.is_finite()).unwrap_or(0);
+            let i = c * CHUNK + chunk(c).first_non_finite().unwrap_or(0);
             Err(QureError::NonFinite { what, row: i / row_len, col: i % row_len })
         }
     }
 }
 
 /// A validated scoring problem with the queries packed for the kernel.
+///
+/// Gallery features are checked for NaN and infinities as they are packed (one read of the
+/// gallery serves both); a non-finite value makes the streaming call fail with
+/// [`QureError::NonFinite`] naming the first such value of the gallery.
 pub struct Scorer<'a> {
     kernel: Kernel,
+    /// The few-query kernel ([`score_rows_gl`]) rather than the query-panel one.
+    few: bool,
+    /// Gallery rows per kernel call.
+    rows: usize,
+    /// Queries per packed panel (a tile's width).
+    lanes: usize,
     packed: Vec<f32>,
     queries: Queries<'a>,
     gallery: Gallery<'a>,
@@ -126,10 +147,19 @@ impl<'a> Scorer<'a> {
         if gallery_len.and_then(|n| n.checked_mul(gallery.dim)) != Some(gallery.data.len()) {
             return Err(QureError::invalid("gallery buffer does not match its shape"));
         }
-        check_finite(queries.data, queries.dim, "queries")?;
-        check_finite(gallery.data, gallery.tokens * gallery.dim, "gallery")?;
-        let packed = pack_panels(queries.data, queries.rows, queries.dim, kernel.lanes())?;
-        Ok(Scorer { kernel, packed, queries, gallery })
+        check_finite(Features::F32(queries.data), queries.dim, "queries")?;
+        if queries.rows == 0 {
+            // Nothing streams the gallery: check it here.
+            check_finite(gallery.data, gallery.tokens * gallery.dim, "gallery")?;
+        }
+        let few = queries.rows <= FEW_QUERIES && queries.rows > 0;
+        let (rows, lanes) = if few {
+            (kernel.gl_rows(), queries.rows.min(kernel.gl_queries()))
+        } else {
+            (kernel.rows(), kernel.lanes())
+        };
+        let packed = pack_panels(queries.data, queries.rows, queries.dim, lanes)?;
+        Ok(Scorer { kernel, few, rows, lanes, packed, queries, gallery })
     }
 
     /// The kernel in use.
@@ -151,6 +181,14 @@ impl<'a> Scorer<'a> {
         (BLOCK_ROWS / self.gallery.tokens).max(1)
     }
 
+    /// The error for a block of items `first_item..` that failed the finiteness check.
+    fn non_finite(&self, first_item: usize, n_items: usize) -> QureError {
+        let row_len = self.gallery.tokens * self.gallery.dim;
+        let block = self.gallery.data.slice(first_item * row_len..(first_item + n_items) * row_len);
+        let i = block.first_non_finite().unwrap_or(0);
+        QureError::NonFinite { what: "gallery", row: first_item + i / row_len, col: i % row_len }
+    }
+
     /// Streams every tile of `panels x items` through `consume`, one thread.
     fn stream<S>(
         &self,
@@ -160,31 +198,62 @@ impl<'a> Scorer<'a> {
         consume: &(impl Fn(&mut S, &Tile<'_>) + Sync),
     ) -> Result<()> {
         let (d, t) = (self.gallery.dim, self.gallery.tokens);
-        let (rows, lanes) = (self.kernel.rows(), self.kernel.lanes());
+        let (rows, lanes) = (self.rows, self.lanes);
         // Sized for the largest block this range has (a small gallery gets small buffers).
         let per_block = self.items_per_block().min(items.len());
-        let groups_per_block = (per_block * t).div_ceil(rows);
+        // With one panel, each group is scored right after it is packed, while it is in L1;
+        // otherwise the block is packed once and every panel reuses it.
+        let single = panels.len() == 1;
+        let groups_per_block = if single { 1 } else { (per_block * t).div_ceil(rows) };
         let mut tile = try_filled("a score tile", &[per_block, lanes], f32::NEG_INFINITY)?;
-        // The block's rows, packed group by group; each packed group is reused by every panel.
         let mut packed_block =
             try_filled("packed gallery rows", &[groups_per_block, rows, d], 0.0f32)?;
+        let score_group = |panel: usize, group: &[f32], tile: &mut [f32], g: usize, n_rows| {
+            let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
+            let first_row = g * rows;
+            let valid = rows.min(n_rows - first_row);
+            if self.few {
+                let k = self.kernel;
+                score_rows_gl(k, d, group, queries, lanes, tile, first_row, t, valid);
+            } else {
+                score_rows(self.kernel, d, group, queries, tile, first_row, t, valid);
+            }
+        };
         for first_item in items.clone().step_by(per_block) {
             let n_items = per_block.min(items.end - first_item);
-            let block = &self.gallery.data[first_item * t * d..(first_item + n_items) * t * d];
+            let block = self.gallery.data.slice(first_item * t * d..(first_item + n_items) * t * d);
             let n_rows = n_items * t;
             let n_groups = n_rows.div_ceil(rows);
-            for (g, packed) in packed_block.chunks_exact_mut(rows * d).take(n_groups).enumerate() {
+            let pack = |g: usize, packed: &mut [f32]| {
                 let end = ((g + 1) * rows).min(n_rows);
-                pack_group(&block[g * rows * d..end * d], d, rows, packed);
+                pack_group(self.kernel, block.slice(g * rows * d..end * d), d, rows, packed)
+            };
+            let mut finite = true;
+            if single {
+                let tile = &mut tile[..n_items * lanes];
+                tile.fill(f32::NEG_INFINITY);
+                for g in 0..n_groups {
+                    finite &= pack(g, &mut packed_block);
+                    score_group(panels.start, &packed_block, tile, g, n_rows);
+                }
+            } else {
+                for (g, packed) in
+                    packed_block.chunks_exact_mut(rows * d).take(n_groups).enumerate()
+                {
+                    finite &= pack(g, packed);
+                }
+            }
+            if !finite {
+                return Err(self.non_finite(first_item, n_items));
             }
             for panel in panels.clone() {
                 let tile = &mut tile[..n_items * lanes];
-                tile.fill(f32::NEG_INFINITY);
-                let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
-                for (g, group) in packed_block.chunks_exact(rows * d).take(n_groups).enumerate() {
-                    let first_row = g * rows;
-                    let valid = rows.min(n_rows - first_row);
-                    score_rows(self.kernel, d, group, queries, tile, first_row, t, valid);
+                if !single {
+                    tile.fill(f32::NEG_INFINITY);
+                    for (g, group) in packed_block.chunks_exact(rows * d).take(n_groups).enumerate()
+                    {
+                        score_group(panel, group, tile, g, n_rows);
+                    }
                 }
                 let first_query = panel * lanes;
                 consume(
@@ -205,20 +274,26 @@ impl<'a> Scorer<'a> {
 
     /// Splits the panels holding `queries` x all items into tasks, runs them on qure's pool and
     /// returns each task's state in task order. A tile can hold queries outside `queries` (the
-    /// rest of their panels): consumers skip them.
+    /// rest of their panels): consumers skip them. Tasks hold at most `task_queries` queries;
+    /// with `by_queries`, queries are split first (as many tasks as the pool wants, if there
+    /// are panels enough) and the gallery only when that leaves too few tasks.
     fn run<S: Send>(
         &self,
         queries: Range<usize>,
         task_queries: usize,
+        by_queries: bool,
         init: impl Fn(Range<usize>, Range<usize>) -> Result<S> + Sync,
         consume: impl Fn(&mut S, &Tile<'_>) + Sync,
     ) -> Result<Vec<S>> {
-        let lanes = self.kernel.lanes();
+        let lanes = self.lanes;
         let panels = queries.start / lanes..queries.end.div_ceil(lanes);
-        let panels_per_task = (task_queries / lanes).max(1);
+        let wanted = threads::num_threads() * TASKS_PER_THREAD;
+        let mut panels_per_task = (task_queries / lanes).max(1);
+        if by_queries {
+            panels_per_task = panels_per_task.min(panels.len().div_ceil(wanted)).max(1);
+        }
         let query_tasks = panels.len().div_ceil(panels_per_task).max(1);
         let blocks = self.gallery.items.div_ceil(self.items_per_block());
-        let wanted = threads::num_threads() * TASKS_PER_THREAD;
         let chunks = wanted.div_ceil(query_tasks).clamp(1, blocks);
         let blocks_per_chunk = blocks.div_ceil(chunks);
         let items_per_chunk = blocks_per_chunk * self.items_per_block();
@@ -233,14 +308,17 @@ impl<'a> Scorer<'a> {
             tasks
                 .into_par_iter()
                 .map(|(p, i)| {
-                    let lanes = self.kernel.lanes();
                     let q = p.start * lanes..(p.end * lanes).min(self.queries.rows);
                     let mut state = init(q, i.clone())?;
                     self.stream(p, i, &mut state, &consume)?;
                     Ok(state)
                 })
-                .collect()
+                .collect::<Vec<Result<S>>>()
         })
+        .into_iter()
+        // The first failure in task order: query tasks cover every item in order, so a
+        // non-finite gallery value is reported where it first occurs.
+        .collect()
     }
 
     /// Scores of queries `rows` (any range inside `0..n_queries`) against the whole gallery,
@@ -259,6 +337,7 @@ impl<'a> Scorer<'a> {
         self.run(
             rows,
             TASK_QUERIES,
+            false,
             |_, _| Ok(()),
             |_, tile| {
                 // Only the panel's queries inside `rows` are written (a panel can straddle it).
@@ -285,9 +364,11 @@ impl<'a> Scorer<'a> {
         let d = self.gallery.dim;
         let query = &self.queries.data[q * d..(q + 1) * d];
         let t = self.gallery.tokens;
-        self.gallery.data[item * t * d..(item + 1) * t * d]
-            .chunks_exact(d)
-            .map(|token| dot_chain(token, query))
+        (0..t)
+            .map(|token| {
+                let first = (item * t + token) * d;
+                (0..d).fold(0.0f32, |s, k| self.gallery.data.get(first + k).mul_add(query[k], s))
+            })
             .fold(f32::NEG_INFINITY, f32::max)
     }
 }
@@ -351,11 +432,13 @@ pub fn topk(
             list.sort_unstable();
         }
     }
+    let kernel = scorer.kernel();
     let parts = scorer.run(
         0..q,
         TOPK_TASK_QUERIES,
+        k >= LARGE_K,
         |rows, _| TopKState::new(rows, k),
-        |state, tile| state.consume(tile, &excluded),
+        |state, tile| state.consume(kernel, tile, &excluded),
     )?;
     // Merge the chunks of each query block (consecutive parts with the same first query): every
     // chunk kept its own exact top k.
@@ -401,6 +484,8 @@ struct TopKState {
     first: usize,
     k: usize,
     heaps: Vec<Heap>,
+    /// Per tile row: the lanes whose bound the row beats (from the bounds at the tile's start).
+    masks: Vec<u64>,
 }
 
 impl TopKState {
@@ -414,10 +499,12 @@ impl TopKState {
             try_reserve(&mut keys, shape[1], "top-k candidates", &shape)?;
             heaps.push(Heap { keys, bound: u64::MAX, bound_score: f32::NEG_INFINITY });
         }
-        Ok(TopKState { first: rows.start, k, heaps })
+        let mut masks = Vec::new();
+        try_reserve(&mut masks, BLOCK_ROWS, "top-k candidates", &[BLOCK_ROWS])?;
+        Ok(TopKState { first: rows.start, k, heaps, masks })
     }
 
-    fn consume(&mut self, tile: &Tile<'_>, excluded: &[Vec<i64>]) {
+    fn consume(&mut self, kernel: Kernel, tile: &Tile<'_>, excluded: &[Vec<i64>]) {
         let k = self.k;
         let offset = tile.first_query - self.first;
         let heaps = &mut self.heaps[offset..offset + tile.queries];
@@ -426,12 +513,14 @@ impl TopKState {
         for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
             *b = h.bound_score;
         }
-        for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
-            // One vectorisable comparison per row: which queries' bounds fall to this item?
-            let mut mask = 0u64;
-            for (l, (s, b)) in row.iter().zip(&bounds[..lanes]).enumerate() {
-                mask |= u64::from(s > b) << l;
-            }
+        // Which queries' bounds each row beats, all rows at once (SIMD). Bounds only rise, so
+        // a mask from the tile's starting bounds lets through every candidate (and a few that
+        // the exact key test below then refuses).
+        self.masks.clear();
+        self.masks.resize(tile.items, 0);
+        above_masks(kernel, tile.scores, lanes, &bounds[..lanes], &mut self.masks);
+        for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(&self.masks).enumerate() {
+            let mut mask = mask;
             let item = tile.first_item + i;
             while mask != 0 {
                 let l = mask.trailing_zeros() as usize;
@@ -440,6 +529,9 @@ impl TopKState {
                     break;
                 }
                 let heap = &mut heaps[l];
+                if row[l] < heap.bound_score {
+                    continue; // the bound rose since the mask was taken
+                }
                 let query = tile.first_query + l;
                 if !excluded[query].is_empty()
                     && excluded[query].binary_search(&(item as i64)).is_ok()
@@ -456,7 +548,6 @@ impl TopKState {
                     heap.keys.truncate(k);
                     heap.bound = heap.keys[k - 1];
                     heap.bound_score = key_score(heap.bound);
-                    bounds[l] = heap.bound_score;
                 }
             }
         }
@@ -490,6 +581,7 @@ pub fn target_rank(
     let parts = scorer.run(
         0..q,
         TASK_QUERIES,
+        false,
         |rows, _| Ok((rows.start, vec![0i64; rows.len()])),
         |(first, counts), tile| {
             // Row by row over the tile, all lanes at once (vectorisable).
@@ -519,6 +611,167 @@ pub fn target_rank(
         }
     }
     Ok(ranks)
+}
+
+/// `max_rank` windows at most `1 / WINDOW_FRACTION` of the gallery are mined from a streaming
+/// pass that keeps only each query's window (no score rows).
+const WINDOW_FRACTION: usize = 4;
+/// Window-candidate bytes held at once by the windowed pass (2 M keys of 8 bytes per query).
+const WINDOW_BLOCK_BYTES: usize = 16 << 20;
+
+/// One task's state in the windowed pass: per query, the items ranked before its target and
+/// the running window (the first `m` items ranked after it, as a top-m selection).
+struct WindowState {
+    first: usize,
+    m: usize,
+    above: Vec<u64>,
+    heaps: Vec<Heap>,
+    masks: Vec<u64>,
+    finite: bool,
+}
+
+impl WindowState {
+    fn new(rows: Range<usize>, m: usize) -> Result<Self> {
+        let topk = TopKState::new(rows.clone(), m)?;
+        let above = try_filled("target ranks", &[rows.len()], 0u64)?;
+        Ok(WindowState {
+            first: rows.start,
+            m,
+            above,
+            heaps: topk.heaps,
+            masks: topk.masks,
+            finite: true,
+        })
+    }
+
+    fn consume(&mut self, kernel: Kernel, tile: &Tile<'_>, target_scores: &[f32], targets: &[i64]) {
+        let m = self.m;
+        let lanes = tile.lanes;
+        let offset = tile.first_query - self.first;
+        let (mut ts, mut tt) = ([f32::INFINITY; MAX_LANES], [0usize; MAX_LANES]);
+        let mut tkey = [0u64; MAX_LANES];
+        for l in 0..tile.queries {
+            let query = tile.first_query + l;
+            ts[l] = target_scores[query];
+            tt[l] = targets[query] as usize;
+            tkey[l] = rank_key(ts[l], tt[l] as u32);
+        }
+        self.finite &= tile.scores.iter().fold(true, |ok, s| ok & s.is_finite());
+        // Items ranked before the target, all lanes at once (as target_rank counts them).
+        let mut above = [0u32; MAX_LANES];
+        for (i, row) in tile.scores.chunks_exact(lanes).enumerate() {
+            let item = tile.first_item + i;
+            for (((count, &s), &b), &t) in above.iter_mut().zip(row).zip(&ts).zip(&tt) {
+                *count += u32::from(s > b) | (u32::from(s == b) & u32::from(item < t));
+            }
+        }
+        for (total, &count) in self.above[offset..offset + tile.queries].iter_mut().zip(&above) {
+            *total += u64::from(count);
+        }
+        // Window candidates: as top-k, among the items ranked after the target.
+        let heaps = &mut self.heaps[offset..offset + tile.queries];
+        let mut bounds = [f32::INFINITY; MAX_LANES];
+        for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
+            *b = h.bound_score;
+        }
+        self.masks.clear();
+        self.masks.resize(tile.items, 0);
+        above_masks(kernel, tile.scores, lanes, &bounds[..lanes], &mut self.masks);
+        for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(&self.masks).enumerate() {
+            let mut mask = mask;
+            let item = tile.first_item + i;
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if l >= tile.queries {
+                    break;
+                }
+                let heap = &mut heaps[l];
+                if row[l] < heap.bound_score {
+                    continue;
+                }
+                let key = rank_key(row[l], item as u32);
+                if key <= tkey[l] || key >= heap.bound {
+                    continue; // ranked before the target (or is it), or beaten
+                }
+                heap.keys.push(key);
+                if heap.keys.len() == 2 * m {
+                    heap.keys.select_nth_unstable(m - 1);
+                    heap.keys.truncate(m);
+                    heap.bound = heap.keys[m - 1];
+                    heap.bound_score = key_score(heap.bound);
+                }
+            }
+        }
+    }
+}
+
+/// `mine_from_features` with a `max_rank = m` window: per block of queries, one streaming pass
+/// finds each target's rank and its window (the first `m` items after it), which the miner
+/// then mines. `None` when a score overflowed to infinity (the caller then takes the row path,
+/// which reports it as it always has).
+fn mine_windows(
+    scorer: &Scorer<'_>,
+    miner: &Miner<'_>,
+    targets: &[i64],
+    m: usize,
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<Option<HardNegatives>> {
+    let q = scorer.queries.rows;
+    let lanes = scorer.lanes;
+    let target_scores: Vec<f32> = threads::install(|| {
+        (0..q).into_par_iter().map(|i| scorer.score_one(i, targets[i] as usize)).collect()
+    });
+    if target_scores.iter().any(|s| !s.is_finite()) {
+        return Ok(None);
+    }
+    let per_query = m.saturating_mul(16).max(1);
+    let rows = (WINDOW_BLOCK_BYTES / per_query).clamp(1, q.max(1)).div_ceil(lanes) * lanes;
+    let mut out = HardNegatives::try_with_capacity(q)?;
+    let kernel = scorer.kernel();
+    for first in (0..q).step_by(rows) {
+        let last = (first + rows).min(q);
+        let parts = scorer.run(
+            first..last,
+            TOPK_TASK_QUERIES,
+            true,
+            |r, _| WindowState::new(r, m),
+            |state, tile| state.consume(kernel, tile, &target_scores, targets),
+        )?;
+        if parts.iter().any(|p| !p.finite) {
+            return Ok(None);
+        }
+        // Merge the gallery chunks of each query (parts with the same first query).
+        let mut ranks = try_filled("target ranks", &[last - first], 0usize)?;
+        let mut windows: Vec<Vec<u64>> = try_filled("windows", &[last - first], Vec::new())?;
+        for part in parts {
+            for (offset, (heap, above)) in part.heaps.into_iter().zip(part.above).enumerate() {
+                let query = part.first + offset;
+                if query < first || query >= last {
+                    continue;
+                }
+                ranks[query - first] += above as usize;
+                let window = &mut windows[query - first];
+                if window.is_empty() {
+                    *window = heap.keys; // moved, not copied: most queries have one part
+                } else {
+                    let total = window.len() + heap.keys.len();
+                    try_reserve(window, heap.keys.len(), "windows", &[total])?;
+                    window.extend_from_slice(&heap.keys);
+                }
+            }
+        }
+        for window in windows.iter_mut() {
+            if window.len() > m {
+                window.select_nth_unstable(m - 1);
+                window.truncate(m);
+            }
+        }
+        let scores = &target_scores[first..last];
+        threads::install(|| miner.mine_windows(first, &ranks, scores, &windows, &mut out))?;
+        progress(last, q);
+    }
+    Ok(Some(out))
 }
 
 /// Scores query blocks and mines them as it goes: the same result as
@@ -569,9 +822,17 @@ pub fn mine_from_features_with(
         return Err(QureError::invalid("block_size must be at least 1"));
     }
     let scorer = Scorer::new(queries, gallery)?;
-    let lanes = scorer.kernel().lanes();
+    let lanes = scorer.lanes;
     let n = gallery.items;
     let q = queries.rows;
+    if let Some(m) = options.max_rank {
+        if m.saturating_mul(WINDOW_FRACTION) <= n && block_rows.is_none() && miner.reads_tail_only()
+        {
+            if let Some(out) = mine_windows(&scorer, &miner, targets, m, &mut progress)? {
+                return Ok(out);
+            }
+        }
+    }
     // At most all the queries (so a huge block_size cannot overflow), in whole panels.
     let wanted = block_rows.unwrap_or(MINE_BLOCK_BYTES / 4 / n).clamp(1, q.max(1));
     let rows = wanted.div_ceil(lanes) * lanes;
@@ -588,6 +849,7 @@ pub fn mine_from_features_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::dot_chain;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -631,7 +893,7 @@ mod tests {
             for kernel in Kernel::available() {
                 let scorer = Scorer::with_kernel(
                     Queries { data: &q, rows, dim: d },
-                    Gallery { data: &g, items, tokens: t, dim: d },
+                    Gallery { data: Features::F32(&g), items, tokens: t, dim: d },
                     kernel,
                 )
                 .unwrap();
@@ -656,7 +918,7 @@ mod tests {
         let g: Vec<f32> =
             random(&mut rng, items * t * d).iter().map(|v| (v * 2.0).round() / 2.0).collect();
         let queries = Queries { data: &q, rows, dim: d };
-        let gallery = Gallery { data: &g, items, tokens: t, dim: d };
+        let gallery = Gallery { data: Features::F32(&g), items, tokens: t, dim: d };
         let full = score(queries, gallery).unwrap();
         let targets: Vec<i64> = (0..rows).map(|_| rng.random_range(0..items as i64)).collect();
         let k = 20;
@@ -692,11 +954,164 @@ mod tests {
     }
 
     #[test]
+    fn half_galleries_score_as_their_widened_values_on_every_path() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let (items, t, d) = (700, 3, 19);
+        let g = random(&mut rng, items * t * d);
+        let f16: Vec<u16> = g.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let bf16: Vec<u16> = g.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        for (half, widen) in [
+            (Features::F16(&f16), f16.iter().map(|&b| crate::kernel::widen_f16(b)).collect()),
+            (Features::Bf16(&bf16), bf16.iter().map(|&b| crate::kernel::widen_bf16(b)).collect()),
+        ] {
+            let widened: Vec<f32> = widen;
+            // Few queries (the few-query kernel) and many (query panels).
+            for rows in [1, 3, 16, 17, 70] {
+                let q = random(&mut rng, rows * d);
+                let queries = Queries { data: &q, rows, dim: d };
+                let exact = Gallery { data: Features::F32(&widened), items, tokens: t, dim: d };
+                let gallery = Gallery { data: half, items, tokens: t, dim: d };
+                let want = reference_scores(&q, &widened, rows, items, t, d);
+                for kernel in Kernel::available() {
+                    let scorer = Scorer::with_kernel(queries, gallery, kernel).unwrap();
+                    let got = scorer.score_rows(0..rows).unwrap();
+                    assert_eq!(got, want, "{kernel:?} {} rows={rows}", half.dtype());
+                }
+                let targets: Vec<i64> = (0..rows).map(|i| (i * 37 % items) as i64).collect();
+                assert_eq!(topk(queries, gallery, 50, None), topk(queries, exact, 50, None));
+                assert_eq!(
+                    target_rank(queries, gallery, &targets),
+                    target_rank(queries, exact, &targets)
+                );
+                let opts = MineOptions::default();
+                let none = Exclusions::default();
+                let a = mine_from_features(queries, gallery, &targets, opts, none, None, |_, _| {});
+                let b = mine_from_features(queries, exact, &targets, opts, none, None, |_, _| {});
+                assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn topk_is_exact_and_the_same_for_any_thread_count_query_count_and_k() {
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        let (items, d) = (5000, 8);
+        // Quantised: many exact ties.
+        let g: Vec<f32> = random(&mut rng, items * d).iter().map(|v| (v * 4.0).round()).collect();
+        let gallery = Gallery { data: Features::F32(&g), items, tokens: 1, dim: d };
+        for rows in [1, 4, 16, 40] {
+            let q: Vec<f32> =
+                random(&mut rng, rows * d).iter().map(|v| (v * 4.0).round()).collect();
+            let queries = Queries { data: &q, rows, dim: d };
+            let full = score(queries, gallery).unwrap();
+            for k in [1, 100, 300, 2048] {
+                let run = |threads: usize| {
+                    let pool =
+                        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    crate::threads::set_num_threads(threads).unwrap();
+                    pool.install(|| topk(queries, gallery, k, None).unwrap())
+                };
+                let (values, indices) = run(1);
+                for i in 0..rows {
+                    let row = &full[i * items..(i + 1) * items];
+                    let mut order: Vec<usize> = (0..items).collect();
+                    order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
+                    let want: Vec<i64> = order[..k].iter().map(|&j| j as i64).collect();
+                    assert_eq!(&indices[i * k..(i + 1) * k], &want[..], "rows={rows} k={k}");
+                    assert_eq!(values[i * k + k - 1], row[order[k - 1]]);
+                }
+                assert_eq!(run(3), (values.clone(), indices.clone()), "rows={rows} k={k}");
+            }
+        }
+        crate::threads::set_num_threads(crate::threads::default_num_threads()).unwrap();
+    }
+
+    #[test]
+    fn a_non_finite_gallery_value_is_named_by_its_first_row_in_every_format() {
+        let (items, t, d) = (3000, 2, 5);
+        let q = [0.5f32; 5 * 40];
+        for rows in [2, 40] {
+            let queries = Queries { data: &q[..rows * d], rows, dim: d };
+            let mut g = vec![0.25f32; items * t * d];
+            g[2100 * t * d + 7] = f32::NAN;
+            g[2900 * t * d] = f32::INFINITY;
+            let h: Vec<u16> = g.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let b: Vec<u16> = g.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+            for data in [Features::F32(&g), Features::F16(&h), Features::Bf16(&b)] {
+                let gallery = Gallery { data, items, tokens: t, dim: d };
+                let want = QureError::NonFinite { what: "gallery", row: 2100, col: 7 };
+                assert_eq!(score(queries, gallery).unwrap_err(), want);
+                assert_eq!(topk(queries, gallery, 3, None).unwrap_err(), want);
+                let none = Queries { data: &[], rows: 0, dim: d };
+                assert_eq!(score(none, gallery).unwrap_err(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn windowed_mining_from_features_is_mining_the_full_matrix() {
+        let mut rng = ChaCha8Rng::seed_from_u64(29);
+        for &(rows, items, t, d, quantised) in
+            &[(3, 4000, 1, 8, false), (70, 3000, 2, 6, true), (40, 5000, 1, 16, false)]
+        {
+            let round = |v: f32| if quantised { (v * 2.0).round() / 2.0 } else { v };
+            let q: Vec<f32> = random(&mut rng, rows * d).into_iter().map(round).collect();
+            let g: Vec<f32> = random(&mut rng, items * t * d).into_iter().map(round).collect();
+            let queries = Queries { data: &q, rows, dim: d };
+            let gallery = Gallery { data: Features::F32(&g), items, tokens: t, dim: d };
+            let full = score(queries, gallery).unwrap();
+            let targets: Vec<i64> = (0..rows).map(|_| rng.random_range(0..items as i64)).collect();
+            let ids: Vec<i64> = (0..items as i64).map(|i| i % (items as i64 - 7)).collect();
+            let indptr: Vec<i64> = (0..=rows as i64).collect();
+            let positives: Vec<i64> =
+                (0..rows).map(|_| rng.random_range(0..items as i64)).collect();
+            let exclusions = [
+                Exclusions::default(),
+                Exclusions {
+                    positives: Some(crate::mining::CsrRef { indptr: &indptr, indices: &positives }),
+                    gallery_ids: Some(&ids),
+                },
+            ];
+            for m in [1, 2, 3, 50, items / 4] {
+                for pairing in
+                    [crate::mining::Pairing::Consecutive, crate::mining::Pairing::Anchored]
+                {
+                    for excl in exclusions {
+                        let options =
+                            MineOptions { consecutive_threshold: 1, pairing, max_rank: Some(m) };
+                        let want =
+                            crate::mining::mine_negatives(&full, items, &targets, options, excl)
+                                .unwrap();
+                        for threads in [1, 3] {
+                            crate::threads::set_num_threads(threads).unwrap();
+                            let got = mine_from_features(
+                                queries,
+                                gallery,
+                                &targets,
+                                options,
+                                excl,
+                                None,
+                                |_, _| {},
+                            )
+                            .unwrap();
+                            assert_eq!(
+                                got, want,
+                                "rows={rows} m={m} {pairing:?} threads={threads}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        crate::threads::set_num_threads(crate::threads::default_num_threads()).unwrap();
+    }
+
+    #[test]
     fn topk_excludes_and_pads() {
         let q = [1.0f32];
         let g = [3.0f32, 2.0, 1.0];
         let queries = Queries { data: &q, rows: 1, dim: 1 };
-        let gallery = Gallery { data: &g, items: 3, tokens: 1, dim: 1 };
+        let gallery = Gallery { data: Features::F32(&g), items: 3, tokens: 1, dim: 1 };
         let indptr = [0i64, 2];
         let indices = [0i64, 2];
         let csr = crate::mining::CsrRef { indptr: &indptr, indices: &indices };
@@ -716,7 +1131,7 @@ mod tests {
         let g = random(&mut rng, items * d);
         let scorer = Scorer::new(
             Queries { data: &q, rows, dim: d },
-            Gallery { data: &g, items, tokens: 1, dim: d },
+            Gallery { data: Features::F32(&g), items, tokens: 1, dim: d },
         )
         .unwrap();
         let full = scorer.score_rows(0..rows).unwrap();
@@ -739,7 +1154,7 @@ mod tests {
         let g = [big, -big, -big, big, 0.5, 0.25];
         let want = [f32::INFINITY, f32::NEG_INFINITY, dot_chain(&g[4..], &q[..2])];
         for kernel in Kernel::available() {
-            let gallery = Gallery { data: &g, items: 3, tokens: 1, dim: 2 };
+            let gallery = Gallery { data: Features::F32(&g), items: 3, tokens: 1, dim: 2 };
             let got = Scorer::with_kernel(queries, gallery, kernel).unwrap().score_rows(0..rows);
             for row in got.unwrap().chunks_exact(3) {
                 assert_eq!(row, want, "{kernel:?}");
@@ -753,7 +1168,7 @@ mod tests {
         let n = 1usize << 23;
         let ones = vec![1.0f32; n];
         let queries = Queries { data: &ones, rows: n, dim: 1 };
-        let gallery = Gallery { data: &ones, items: n, tokens: 1, dim: 1 };
+        let gallery = Gallery { data: Features::F32(&ones), items: n, tokens: 1, dim: 1 };
         let err = score(queries, gallery).unwrap_err();
         assert_eq!(
             err,
@@ -769,13 +1184,13 @@ mod tests {
         let g = [1.0f32, 2.0];
         let err = score(
             Queries { data: &q, rows: 1, dim: 2 },
-            Gallery { data: &g, items: 1, tokens: 1, dim: 2 },
+            Gallery { data: Features::F32(&g), items: 1, tokens: 1, dim: 2 },
         )
         .unwrap_err();
         assert_eq!(err, QureError::NonFinite { what: "queries", row: 0, col: 1 });
         assert!(score(
             Queries { data: &q, rows: 2, dim: 1 },
-            Gallery { data: &g, items: 1, tokens: 1, dim: 2 }
+            Gallery { data: Features::F32(&g), items: 1, tokens: 1, dim: 2 }
         )
         .is_err());
     }

@@ -156,6 +156,7 @@ pub fn tail_candidates(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Features;
     use crate::mining::{mine_negatives, CsrRef, Exclusions, MineOptions, Miner, Pairing};
     use crate::score::score;
     use rand::{Rng, SeedableRng};
@@ -174,7 +175,7 @@ mod tests {
         let gallery = coarse(n * t * d);
         let targets: Vec<i64> = (0..q).map(|_| rng.random_range(0..n as i64)).collect();
         let query_view = Queries { data: &queries, rows: q, dim: d };
-        let whole = Gallery { data: &gallery, items: n, tokens: t, dim: d };
+        let whole = Gallery { data: Features::F32(&gallery), items: n, tokens: t, dim: d };
         let scores = score(query_view, whole).unwrap();
         let positives_indptr: Vec<i64> = (0..=q as i64).map(|i| i * 2).collect();
         let positives: Vec<i64> = (0..2 * q).map(|_| rng.random_range(0..n as i64)).collect();
@@ -200,7 +201,7 @@ mod tests {
         for s in 0..shards {
             let (lo, hi) = (s * n / shards, (s + 1) * n / shards);
             let part = Gallery {
-                data: &gallery[lo * t * d..hi * t * d],
+                data: Features::F32(&gallery[lo * t * d..hi * t * d]),
                 items: hi - lo,
                 tokens: t,
                 dim: d,
@@ -238,7 +239,7 @@ mod tests {
         let queries = [1.0f32, 0.0];
         let gallery = [1.0f32, 0.0, 0.0, 1.0];
         let q = Queries { data: &queries, rows: 1, dim: 2 };
-        let g = Gallery { data: &gallery, items: 2, tokens: 1, dim: 2 };
+        let g = Gallery { data: Features::F32(&gallery), items: 2, tokens: 1, dim: 2 };
         assert!(tail_candidates(q, g, 0, 2, &[0], &[1.0], 0, None).is_err());
         assert!(tail_candidates(q, g, 1, 2, &[0], &[1.0], 1, None).is_err());
         assert!(tail_candidates(q, g, 0, 2, &[2], &[1.0], 1, None).is_err());

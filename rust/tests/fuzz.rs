@@ -16,7 +16,7 @@ use std::time::Instant;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseResult, TestRng, TestRunner};
 
-use qure::kernel::{dot_chain, pack_group, pack_panels, score_rows, Kernel};
+use qure::kernel::{dot_chain, pack_group, pack_panels, score_rows, Features, Kernel};
 use qure::mining::{mine_negatives, CsrRef, Exclusions, MineOptions, Pairing};
 use qure::sampler::{sample, sample_one};
 use qure::score::{mine_from_features, score, target_rank, topk, Gallery, Queries, Scorer};
@@ -327,7 +327,8 @@ fn same(a: &[f32], b: &[f32]) -> bool {
 fn fuzz_scoring_topk_ranks_and_mining_from_features() {
     fuzz("scoring", score_case(), |c| {
         let queries = Queries { data: &c.queries, rows: c.q, dim: c.d };
-        let gallery = Gallery { data: &c.gallery, items: c.n, tokens: c.t, dim: c.d };
+        let gallery =
+            Gallery { data: Features::F32(&c.gallery), items: c.n, tokens: c.t, dim: c.d };
         let want = reference_scores(&c);
         for kernel in Kernel::available() {
             let scorer = Scorer::with_kernel(queries, gallery, kernel).expect("valid shapes");
@@ -394,7 +395,7 @@ fn fuzz_inconsistent_shapes_are_errors() {
         let qd = vec![0.5f32; q_len];
         let gd = vec![0.25f32; g_len];
         let queries = Queries { data: &qd, rows, dim };
-        let gallery = Gallery { data: &gd, items, tokens, dim: gdim };
+        let gallery = Gallery { data: Features::F32(&gd), items, tokens, dim: gdim };
         let consistent = rows.checked_mul(dim) == Some(q_len)
             && items.checked_mul(tokens).and_then(|x| x.checked_mul(gdim)) == Some(g_len)
             && dim == gdim
@@ -457,7 +458,7 @@ fn fuzz_kernel_calls_against_the_reference_chain() {
         let (rows, lanes) = (kernel.rows(), kernel.lanes());
         let panel = pack_panels(&c.queries, lanes, c.d, lanes).expect("small panel");
         let mut group = vec![0.0f32; rows * c.d];
-        pack_group(&c.rows, c.d, rows, &mut group);
+        pack_group(kernel, Features::F32(&c.rows), c.d, rows, &mut group);
         let slots = (c.first_row + rows) / c.tokens + 1;
         let mut tile = vec![f32::NEG_INFINITY; slots * lanes];
         score_rows(kernel, c.d, &group, &panel, &mut tile, c.first_row, c.tokens, c.valid);
