@@ -91,16 +91,19 @@ def sharded_mine(
     if "miner" in selection:
         selection["strategy"] = selection.pop("miner")
     options.update(selection)
-    candidates = strategy == "candidates" or (
-        strategy == "auto" and max_rank is not None and qdist.is_distributed()
+    # Merged tails hold only items after the target: top-k candidate sets and the lowest
+    # positive's score need the gathered gallery.
+    tail_only = options.get("strategy", "band") != "topk" and (
+        options.get("reference", "target") == "target"
     )
-    if candidates and (
-        options.get("strategy", "band") == "topk" or options.get("reference", "target") != "target"
-    ):
+    if strategy == "candidates" and not tail_only:
         raise ValueError(
             "strategy='candidates' mines tails after the target against the target's score: "
             "use strategy='gather' for top-k candidates or reference='lowest_positive'"
         )
+    candidates = strategy == "candidates" or (
+        strategy == "auto" and max_rank is not None and tail_only and qdist.is_distributed()
+    )
     if candidates:
         mined = _mine_from_candidates(queries, local_gallery, target_idx, block_size, options)
         return qdist.gather_hard_negatives(mined)
