@@ -273,6 +273,8 @@ def test_short_windows_of_long_rows(strategy):
         {"max_rank": 30, "relative_margin": 0.01, "num_negatives": 5, "sampling": "random"},
         {"max_rank": 30, "strategy": "window", "rank_range": (2, 20), "margin": 0.0},
         {"strategy": "topk", "rank_range": (0, 25), "reference": "lowest_positive"},
+        {"strategy": "topk", "rank_range": (3, 25), "relative_margin": 0.05, "num_negatives": 4},
+        {"strategy": "topk", "rank_range": (0, 43), "num_negatives": 4, "sampling": "simans"},
     ],
 )
 def test_streamed_windows_from_features_equal_the_matrix(kwargs):

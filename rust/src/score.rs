@@ -17,7 +17,7 @@ use crate::kernel::{
 };
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
-use crate::strategy::Spec;
+use crate::strategy::{Candidates, Reference, Spec};
 use crate::threads;
 
 /// Gallery token rows per streamed block (a block and the tile it feeds stay in L2).
@@ -624,6 +624,9 @@ const WINDOW_BLOCK_BYTES: usize = 16 << 20;
 struct WindowState {
     first: usize,
     m: usize,
+    /// Collect the best `m` items other than the target (a top-k window) rather than the
+    /// first `m` after it.
+    top: bool,
     above: Vec<u64>,
     heaps: Vec<Heap>,
     masks: Vec<u64>,
@@ -631,12 +634,13 @@ struct WindowState {
 }
 
 impl WindowState {
-    fn new(rows: Range<usize>, m: usize) -> Result<Self> {
+    fn new(rows: Range<usize>, m: usize, top: bool) -> Result<Self> {
         let topk = TopKState::new(rows.clone(), m)?;
         let above = try_filled("target ranks", &[rows.len()], 0u64)?;
         Ok(WindowState {
             first: rows.start,
             m,
+            top,
             above,
             heaps: topk.heaps,
             masks: topk.masks,
@@ -691,8 +695,9 @@ impl WindowState {
                     continue;
                 }
                 let key = rank_key(row[l], item as u32);
-                if key <= tkey[l] || key >= heap.bound {
-                    continue; // ranked before the target (or is it), or beaten
+                let excluded = if self.top { item == tt[l] } else { key <= tkey[l] };
+                if excluded || key >= heap.bound {
+                    continue; // the target (or, for a tail window, ranked before it), or beaten
                 }
                 heap.keys.push(key);
                 if heap.keys.len() == 2 * m {
@@ -715,6 +720,7 @@ fn mine_windows(
     miner: &Miner<'_>,
     targets: &[i64],
     m: usize,
+    top: bool,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Option<HardNegatives>> {
     let q = scorer.queries.rows;
@@ -735,7 +741,7 @@ fn mine_windows(
             first..last,
             TOPK_TASK_QUERIES,
             true,
-            |r, _| WindowState::new(r, m),
+            |r, _| WindowState::new(r, m, top),
             |state, tile| state.consume(kernel, tile, &target_scores, targets),
         )?;
         if parts.iter().any(|p| !p.finite) {
@@ -825,10 +831,17 @@ pub fn mine_from_features_with(
     let lanes = scorer.lanes;
     let n = gallery.items;
     let q = queries.rows;
-    if let Some(m) = options.max_rank {
-        if m.saturating_mul(WINDOW_FRACTION) <= n && block_rows.is_none() && miner.reads_tail_only()
-        {
-            if let Some(out) = mine_windows(&scorer, &miner, targets, m, &mut progress)? {
+    // A short window (after the target, or a top-k one) streams instead of holding score rows.
+    let window = match spec.candidates {
+        Candidates::Top { end: Some(e), .. } if spec.filters.reference == Reference::Target => {
+            Some((e, true))
+        }
+        _ if miner.reads_tail_only() => options.max_rank.map(|m| (m, false)),
+        _ => None,
+    };
+    if let Some((m, top)) = window {
+        if m.saturating_mul(WINDOW_FRACTION) <= n && block_rows.is_none() {
+            if let Some(out) = mine_windows(&scorer, &miner, targets, m, top, &mut progress)? {
                 return Ok(out);
             }
         }
