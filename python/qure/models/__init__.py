@@ -6,7 +6,8 @@ tokens, BLIP-2 style) and a (reference image, text) query to one L2-normalised e
 - :class:`ClipCombiner`: CLIP with a CLIP4Cir combiner (``transformers.CLIPModel``);
 - :mod:`~qure.models.hf`: what those two share (:class:`~qure.models.hf.HFCIRModel`, the
   tokenizer and input helpers);
-- :func:`build_model` / :func:`save_model` / :func:`load_model`: models from JSON specs.
+- :func:`build_model` / :func:`save_model` / :func:`load_model`: models from JSON specs;
+- :class:`CIRModel`: what the trainer, its loss and the experiments ask of any model.
 
 ``transformers`` (and Pillow, for ``preprocess``) are imported only when a real backbone is
 built or used.
@@ -15,11 +16,13 @@ built or used.
 from .blip2 import Blip2QuRe
 from .clip import ClipCombiner
 from .preprocess import TargetPad, build_transform, target_pad
+from .protocol import CIRModel
 from .registry import build_model, load_model, save_model
 from .tiny import TinyCIRModel
 
 __all__ = [
     "Blip2QuRe",
+    "CIRModel",
     "ClipCombiner",
     "TargetPad",
     "TinyCIRModel",

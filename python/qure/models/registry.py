@@ -43,7 +43,8 @@ _FORMAT = "qure-model"
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """A model from ``spec`` (see the module docstring); randomly initialised unless
-    ``pretrained`` names a folder or hub id."""
+    ``pretrained`` names a folder or hub id. Every model built here is a ``torch.nn.Module``
+    that satisfies :class:`qure.models.CIRModel` (with ``preprocess`` and ``tokenize``)."""
     if not isinstance(spec, dict):
         raise TypeError(f"a model spec is a dict, got {type(spec).__name__}")
     kwargs = {k: v for k, v in spec.items() if k not in ("backbone", "pretrained", "config")}

@@ -78,6 +78,11 @@ class BatchLoss(nn.Module):
 
     def __init__(self, model: CIRModel | nn.Module, reward: bool) -> None:
         super().__init__()
+        if not isinstance(model, CIRModel):
+            raise TypeError(
+                f"{type(model).__name__} is not a CIR model: it needs encode_images, "
+                "encode_queries and temperature (qure.models.CIRModel)"
+            )
         self.model = model
         self.reward = reward
 
