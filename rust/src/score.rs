@@ -505,51 +505,67 @@ impl TopKState {
     }
 
     fn consume(&mut self, kernel: Kernel, tile: &Tile<'_>, excluded: &[Vec<i64>]) {
-        let k = self.k;
         let offset = tile.first_query - self.first;
         let heaps = &mut self.heaps[offset..offset + tile.queries];
-        let mut bounds = [f32::INFINITY; MAX_LANES]; // lanes past the last query never hit
-        let lanes = tile.lanes;
-        for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
-            *b = h.bound_score;
+        offer_tile(kernel, tile, heaps, &mut self.masks, self.k, |l, item, _| {
+            let query = tile.first_query + l;
+            !excluded[query].is_empty() && excluded[query].binary_search(&(item as i64)).is_ok()
+        });
+    }
+}
+
+impl Heap {
+    /// Keeps `key` (already known to beat `bound`); once `2k` are held, cuts back to the best
+    /// `k` and raises the bound.
+    fn push(&mut self, key: u64, k: usize) {
+        self.keys.push(key);
+        if self.keys.len() == 2 * k {
+            self.keys.select_nth_unstable(k - 1);
+            self.keys.truncate(k);
+            self.bound = self.keys[k - 1];
+            self.bound_score = key_score(self.bound);
         }
-        // Which queries' bounds each row beats, all rows at once (SIMD). Bounds only rise, so
-        // a mask from the tile's starting bounds lets through every candidate (and a few that
-        // the exact key test below then refuses).
-        self.masks.clear();
-        self.masks.resize(tile.items, 0);
-        above_masks(kernel, tile.scores, lanes, &bounds[..lanes], &mut self.masks);
-        for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(&self.masks).enumerate() {
-            let mut mask = mask;
-            let item = tile.first_item + i;
-            while mask != 0 {
-                let l = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                if l >= tile.queries {
-                    break;
-                }
-                let heap = &mut heaps[l];
-                if row[l] < heap.bound_score {
-                    continue; // the bound rose since the mask was taken
-                }
-                let query = tile.first_query + l;
-                if !excluded[query].is_empty()
-                    && excluded[query].binary_search(&(item as i64)).is_ok()
-                {
-                    continue;
-                }
-                let key = rank_key(row[l], item as u32);
-                if key >= heap.bound {
-                    continue;
-                }
-                heap.keys.push(key);
-                if heap.keys.len() == 2 * k {
-                    heap.keys.select_nth_unstable(k - 1);
-                    heap.keys.truncate(k);
-                    heap.bound = heap.keys[k - 1];
-                    heap.bound_score = key_score(heap.bound);
-                }
+    }
+}
+
+/// Offers every item of `tile` to the running top `k` of each of its queries (`heaps`, one
+/// per query of the tile), except those `skip(lane, item, key)` refuses. Which queries' bounds
+/// each row beats is found for all rows at once (SIMD); bounds only rise, so a mask from the
+/// tile's starting bounds lets through every candidate (and a few the exact key test refuses).
+fn offer_tile(
+    kernel: Kernel,
+    tile: &Tile<'_>,
+    heaps: &mut [Heap],
+    masks: &mut Vec<u64>,
+    k: usize,
+    mut skip: impl FnMut(usize, usize, u64) -> bool,
+) {
+    let lanes = tile.lanes;
+    let mut bounds = [f32::INFINITY; MAX_LANES]; // lanes past the last query never hit
+    for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
+        *b = h.bound_score;
+    }
+    masks.clear();
+    masks.resize(tile.items, 0);
+    above_masks(kernel, tile.scores, lanes, &bounds[..lanes], masks);
+    for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(masks.iter()).enumerate() {
+        let mut mask = mask;
+        let item = tile.first_item + i;
+        while mask != 0 {
+            let l = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if l >= tile.queries {
+                break;
             }
+            let heap = &mut heaps[l];
+            if row[l] < heap.bound_score {
+                continue; // the bound rose since the mask was taken
+            }
+            let key = rank_key(row[l], item as u32);
+            if key >= heap.bound || skip(l, item, key) {
+                continue;
+            }
+            heap.push(key, k);
         }
     }
 }
@@ -649,7 +665,6 @@ impl WindowState {
     }
 
     fn consume(&mut self, kernel: Kernel, tile: &Tile<'_>, target_scores: &[f32], targets: &[i64]) {
-        let m = self.m;
         let lanes = tile.lanes;
         let offset = tile.first_query - self.first;
         let (mut ts, mut tt) = ([f32::INFINITY; MAX_LANES], [0usize; MAX_LANES]);
@@ -672,42 +687,17 @@ impl WindowState {
         for (total, &count) in self.above[offset..offset + tile.queries].iter_mut().zip(&above) {
             *total += u64::from(count);
         }
-        // Window candidates: as top-k, among the items ranked after the target.
+        // Window candidates: as top-k, without the target (and, for a window after the target,
+        // without the items ranked before it).
         let heaps = &mut self.heaps[offset..offset + tile.queries];
-        let mut bounds = [f32::INFINITY; MAX_LANES];
-        for (b, h) in bounds.iter_mut().zip(heaps.iter()) {
-            *b = h.bound_score;
-        }
-        self.masks.clear();
-        self.masks.resize(tile.items, 0);
-        above_masks(kernel, tile.scores, lanes, &bounds[..lanes], &mut self.masks);
-        for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(&self.masks).enumerate() {
-            let mut mask = mask;
-            let item = tile.first_item + i;
-            while mask != 0 {
-                let l = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                if l >= tile.queries {
-                    break;
-                }
-                let heap = &mut heaps[l];
-                if row[l] < heap.bound_score {
-                    continue;
-                }
-                let key = rank_key(row[l], item as u32);
-                let excluded = if self.top { item == tt[l] } else { key <= tkey[l] };
-                if excluded || key >= heap.bound {
-                    continue; // the target (or, for a tail window, ranked before it), or beaten
-                }
-                heap.keys.push(key);
-                if heap.keys.len() == 2 * m {
-                    heap.keys.select_nth_unstable(m - 1);
-                    heap.keys.truncate(m);
-                    heap.bound = heap.keys[m - 1];
-                    heap.bound_score = key_score(heap.bound);
-                }
+        let top = self.top;
+        offer_tile(kernel, tile, heaps, &mut self.masks, self.m, |l, item, key| {
+            if top {
+                item == tt[l]
+            } else {
+                key <= tkey[l]
             }
-        }
+        });
     }
 }
 
