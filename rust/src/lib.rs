@@ -7,6 +7,7 @@ pub mod error;
 pub mod kernel;
 pub mod keys;
 pub mod mining;
+mod rowpass;
 pub mod sampler;
 pub mod score;
 pub mod shard;

@@ -1,0 +1,661 @@
+//! Streaming passes over one score row for the fast row miner (`mining::fast`).
+//!
+//! Three passes, each a portable loop with AVX2 and AVX-512 builds that compute exactly the same
+//! integers (tested bit for bit below):
+//!
+//! 1. [`RowPasses::tail_buckets`]: each item's coarse bucket (a `u16`) and the bucket counts. An
+//!    item in the tail (ranked after the target) gets its score's bucket; any other item gets one
+//!    of [`SPARE_SLOTS`] spare slots after the real buckets, chosen by its index, so that runs of
+//!    such items do not all increment one counter.
+//! 2. [`RowPasses::for_each_in_ranges`]: calls back for each item whose bucket lies in one of two
+//!    ranges (the few buckets the miner reads item by item).
+//! 3. The same pass for the band's buckets.
+//!
+//! The vector builds test 16 items at a time and only visit the items that pass; the per-item
+//! work (counting, the callbacks) stays scalar, checked Rust.
+
+use crate::kernel::{Kernel, Simd};
+
+/// Spare count slots after the real buckets (items not in the tail).
+pub(crate) const SPARE_SLOTS: usize = 16;
+
+/// The coarse bucket map: `min(trunc((hi - v) * scale), last)` in `f32`. Every step rounds
+/// monotonically, so a higher score never lands in a later bucket and equal scores share one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BucketMap {
+    pub hi: f32,
+    pub scale: f32,
+    pub last: f32,
+}
+
+impl BucketMap {
+    /// The bucket of a tail score (`v <= hi`, not NaN).
+    #[inline(always)]
+    pub fn bucket(self, v: f32) -> u16 {
+        ((self.hi - v) * self.scale).min(self.last) as i32 as u16
+    }
+}
+
+/// Which builds of the row passes this CPU runs (from run-time detection, through [`Kernel`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowPasses {
+    simd: Simd,
+}
+
+impl RowPasses {
+    /// The passes for the kernel in use (`QURE_SIMD` caps it as for scoring).
+    pub fn current() -> Self {
+        Self::for_kernel(Kernel::current())
+    }
+
+    /// The passes for `kernel`: its instruction set where the CPU also has AVX2 with FMA (the
+    /// `u16` passes use AVX2, and the row miner is compiled for AVX2 and FMA), portable code
+    /// otherwise.
+    pub fn for_kernel(kernel: Kernel) -> Self {
+        let simd = match kernel.simd() {
+            Simd::Portable => Simd::Portable,
+            level => match Kernel::detect(Simd::Avx2) {
+                Some(_) => level,
+                None => Simd::Portable,
+            },
+        };
+        RowPasses { simd }
+    }
+
+    /// The instruction set the passes run.
+    pub fn simd(self) -> Simd {
+        self.simd
+    }
+
+    /// Pass 1. Writes each item's bucket to `ids` (`map.bucket(v)` for tail items, else
+    /// `spare + j % SPARE_SLOTS`) and adds one to `counts[ids[j]]`. The tail is every item
+    /// scoring below `row[target]`, and those after the target scoring equal to it. Returns the
+    /// tail size and whether every score is finite.
+    ///
+    /// `ids` must be as long as `row`, `counts` at least `spare + SPARE_SLOTS` long, and
+    /// `map.last < spare` (so tail buckets stay below the spare slots): checked, panics otherwise.
+    pub fn tail_buckets(
+        self,
+        row: &[f32],
+        target: usize,
+        map: BucketMap,
+        spare: u16,
+        ids: &mut [u16],
+        counts: &mut [u32],
+    ) -> (usize, bool) {
+        assert!(
+            ids.len() == row.len()
+                && target < row.len()
+                && counts.len() >= usize::from(spare) + SPARE_SLOTS
+                && usize::from(spare) + SPARE_SLOTS <= usize::from(u16::MAX)
+                && map.last < f32::from(spare)
+                && map.last >= 0.0
+        );
+        #[cfg(target_arch = "x86_64")]
+        match self.simd {
+            // SAFETY: `RowPasses` holds a vector level only where run-time detection found it
+            // (through `Kernel`) and AVX2; the functions' bounds are the asserts above.
+            Simd::Avx512 => {
+                return unsafe { x86::tail_buckets_avx512(row, target, map, spare, ids, counts) }
+            }
+            Simd::Avx2 => {
+                return unsafe { x86::tail_buckets_avx2(row, target, map, spare, ids, counts) }
+            }
+            Simd::Portable => {}
+        }
+        tail_buckets_portable(row, 0, target, map, spare, ids, counts)
+    }
+
+    /// Passes 2 and 3: calls `visit(j, ids[j])` for every item, in index order, whose bucket lies
+    /// in `first` or `second` (inclusive ranges; an empty range is `(1, 0)`). Stops early, and
+    /// returns false, when `visit` does.
+    pub fn for_each_in_ranges(
+        self,
+        ids: &[u16],
+        first: (u16, u16),
+        second: (u16, u16),
+        mut visit: impl FnMut(usize, u16) -> bool,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd != Simd::Portable {
+            // SAFETY: as in `tail_buckets`: AVX2 was detected.
+            return unsafe { x86::for_each_in_ranges_avx2(ids, first, second, &mut visit) };
+        }
+        for_each_in_ranges_portable(ids, 0, first, second, &mut visit)
+    }
+}
+
+impl RowPasses {
+    /// Sorts each segment `keys[ends[i - 1]..ends[i]]` (the first from 0) of distinct keys.
+    /// Segments of up to 32 keys are sorted without branches: each key's place is the number of
+    /// smaller keys in its segment. `ends` must be non-decreasing and within `keys`: checked.
+    pub fn sort_segments(self, keys: &mut [u64], ends: &[u32]) {
+        assert!(
+            ends.windows(2).all(|w| w[0] <= w[1])
+                && ends.last().is_none_or(|&e| e as usize <= keys.len())
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.simd == Simd::Avx512 {
+            // SAFETY: AVX-512F was detected (through `Kernel`); bounds are checked above.
+            unsafe { x86::sort_segments_avx512(keys, ends) };
+            return;
+        }
+        let mut start = 0;
+        for &end in ends {
+            sort_segment_portable(&mut keys[start..end as usize]);
+            start = end as usize;
+        }
+    }
+}
+
+/// One segment of [`RowPasses::sort_segments`], portable.
+#[inline(always)]
+fn sort_segment_portable(keys: &mut [u64]) {
+    match keys.len() {
+        0 | 1 => {}
+        2..=32 => {
+            let mut padded = [u64::MAX; 32];
+            padded[..keys.len()].copy_from_slice(keys);
+            for &key in &padded[..keys.len()] {
+                let place = padded.iter().fold(0usize, |n, &other| n + usize::from(other < key));
+                keys[place] = key;
+            }
+        }
+        _ => keys.sort_unstable(),
+    }
+}
+
+#[inline(always)]
+fn in_range(id: u16, range: (u16, u16)) -> bool {
+    id >= range.0 && id <= range.1
+}
+
+/// Portable pass 1 over `row`, whose first item has index `offset` in the whole row.
+#[inline(always)]
+fn tail_buckets_portable(
+    row: &[f32],
+    offset: usize,
+    target: usize,
+    map: BucketMap,
+    spare: u16,
+    ids: &mut [u16],
+    counts: &mut [u32],
+) -> (usize, bool) {
+    let mut tail = 0usize;
+    let mut finite = true;
+    for (i, (id, &v)) in ids.iter_mut().zip(row).enumerate() {
+        let j = offset + i;
+        finite &= v.is_finite();
+        let in_tail = v < map.hi || (v == map.hi && j > target);
+        tail += usize::from(in_tail);
+        *id = if in_tail { map.bucket(v) } else { spare + (j % SPARE_SLOTS) as u16 };
+        counts[usize::from(*id)] += 1;
+    }
+    (tail, finite)
+}
+
+/// Portable passes 2 and 3 over `ids`, whose first item has index `offset`.
+#[inline(always)]
+fn for_each_in_ranges_portable(
+    ids: &[u16],
+    offset: usize,
+    first: (u16, u16),
+    second: (u16, u16),
+    visit: &mut impl FnMut(usize, u16) -> bool,
+) -> bool {
+    for (i, &id) in ids.iter().enumerate() {
+        if (in_range(id, first) || in_range(id, second)) && !visit(offset + i, id) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Items whose ids the vector builds write before counting them.
+#[cfg(target_arch = "x86_64")]
+const COUNT_CHUNK: usize = 1024;
+
+/// Adds one to `counts[id]` for every id, which must be below `counts.len()`: checked once.
+#[inline(always)]
+fn count_ids(ids: &[u16], counts: &mut [u32]) {
+    let max = ids.iter().fold(0u16, |m, &id| m.max(id));
+    assert!(usize::from(max) < counts.len() || ids.is_empty());
+    for &id in ids {
+        // SAFETY: every id is at most `max`, checked against the length above.
+        unsafe { *counts.get_unchecked_mut(usize::from(id)) += 1 };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{
+        count_ids, for_each_in_ranges_portable, tail_buckets_portable, BucketMap, COUNT_CHUNK,
+        SPARE_SLOTS,
+    };
+    use std::arch::x86_64::*;
+
+    /// Pass 1, 16 items per step with AVX-512F.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX2; the caller checked the slice lengths.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(super) unsafe fn tail_buckets_avx512(
+        row: &[f32],
+        target: usize,
+        map: BucketMap,
+        spare: u16,
+        ids: &mut [u16],
+        counts: &mut [u32],
+    ) -> (usize, bool) {
+        let n = row.len();
+        let whole = n - n % 16;
+        let hi = _mm512_set1_ps(map.hi);
+        let scale = _mm512_set1_ps(map.scale);
+        let last = _mm512_set1_ps(map.last);
+        let exponent = _mm512_set1_epi32(0x7f80_0000);
+        // Spare slot of lane l: spare + l (blocks start at multiples of 16, so l = j % 16).
+        let spare_ids = _mm512_add_epi32(
+            _mm512_set1_epi32(i32::from(spare)),
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        );
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let top = _mm512_set1_epi32(i32::from(spare) + SPARE_SLOTS as i32 - 1);
+        // Indices fit i32 after subtracting the target: lanes after the target have j - target > 0.
+        let mut tail = 0usize;
+        let mut bad: __mmask16 = 0;
+        let mut start = 0;
+        while start < whole {
+            let v = _mm512_loadu_ps(row.as_ptr().add(start));
+            bad |= _mm512_cmpeq_epi32_mask(
+                _mm512_and_si512(_mm512_castps_si512(v), exponent),
+                exponent,
+            );
+            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hi);
+            let equal = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, hi);
+            // j > target for lane l: l > target - start (as a signed lane compare, clamped).
+            let after = if target < start {
+                0xffff
+            } else if target - start >= 16 {
+                0
+            } else {
+                _mm512_cmpgt_epi32_mask(lane, _mm512_set1_epi32((target - start) as i32))
+            };
+            let in_tail = below | (equal & after);
+            tail += in_tail.count_ones() as usize;
+            let scaled = _mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(hi, v), scale), last);
+            let bucket = _mm512_mask_blend_epi32(in_tail, spare_ids, _mm512_cvttps_epi32(scaled));
+            // Clamped as unsigned integers: every id indexes `counts` whatever the float math did.
+            let bucket = _mm512_min_epu32(bucket, top);
+            let packed = _mm512_cvtepi32_epi16(bucket);
+            _mm256_storeu_si256(ids.as_mut_ptr().add(start).cast(), packed);
+            start += 16;
+            if start % COUNT_CHUNK == 0 || start == whole {
+                // Count the chunk just written (a separate loop: no store forwarding stalls).
+                count_ids(&ids[start - (start - 1) % COUNT_CHUNK - 1..start], counts);
+            }
+        }
+        let (rest_tail, rest_finite) = tail_buckets_portable(
+            &row[whole..],
+            whole,
+            target,
+            map,
+            spare,
+            &mut ids[whole..],
+            counts,
+        );
+        (tail + rest_tail, bad == 0 && rest_finite)
+    }
+
+    /// Pass 1, 8 items per step with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; the caller checked the slice lengths.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tail_buckets_avx2(
+        row: &[f32],
+        target: usize,
+        map: BucketMap,
+        spare: u16,
+        ids: &mut [u16],
+        counts: &mut [u32],
+    ) -> (usize, bool) {
+        let n = row.len();
+        let whole = n - n % 16;
+        let hi = _mm256_set1_ps(map.hi);
+        let scale = _mm256_set1_ps(map.scale);
+        let last = _mm256_set1_ps(map.last);
+        let exponent = _mm256_set1_epi32(0x7f80_0000);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let top = _mm256_set1_epi32(i32::from(spare) + SPARE_SLOTS as i32 - 1);
+        let mut tail = 0usize;
+        let mut bad = _mm256_setzero_si256();
+        let mut block = [0i32; 8];
+        let mut start = 0;
+        while start < whole {
+            for half in 0..2 {
+                let at = start + 8 * half;
+                let v = _mm256_loadu_ps(row.as_ptr().add(at));
+                bad = _mm256_or_si256(
+                    bad,
+                    _mm256_cmpeq_epi32(
+                        _mm256_and_si256(_mm256_castps_si256(v), exponent),
+                        exponent,
+                    ),
+                );
+                let below = _mm256_cmp_ps::<_CMP_LT_OQ>(v, hi);
+                let equal = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, hi);
+                let after = if target < at {
+                    _mm256_set1_epi32(-1)
+                } else if target - at >= 8 {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((target - at) as i32))
+                };
+                let in_tail = _mm256_or_ps(below, _mm256_and_ps(equal, _mm256_castsi256_ps(after)));
+                let mask = _mm256_movemask_ps(in_tail);
+                tail += mask.count_ones() as usize;
+                let scaled = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(hi, v), scale), last);
+                let spare_ids =
+                    _mm256_add_epi32(_mm256_set1_epi32(i32::from(spare) + 8 * half as i32), lane);
+                let bucket = _mm256_blendv_epi8(
+                    spare_ids,
+                    _mm256_cvttps_epi32(scaled),
+                    _mm256_castps_si256(in_tail),
+                );
+                // Clamped as unsigned integers: every id indexes `counts` whatever the float
+                // math did.
+                let bucket = _mm256_min_epu32(bucket, top);
+                _mm256_storeu_si256(block.as_mut_ptr().cast(), bucket);
+                for l in 0..8 {
+                    ids[at + l] = block[l] as u16;
+                }
+            }
+            start += 16;
+            if start % COUNT_CHUNK == 0 || start == whole {
+                count_ids(&ids[start - (start - 1) % COUNT_CHUNK - 1..start], counts);
+            }
+        }
+        let (rest_tail, rest_finite) = tail_buckets_portable(
+            &row[whole..],
+            whole,
+            target,
+            map,
+            spare,
+            &mut ids[whole..],
+            counts,
+        );
+        (tail + rest_tail, _mm256_testz_si256(bad, bad) == 1 && rest_finite)
+    }
+
+    /// [`super::RowPasses::sort_segments`] with AVX-512F: 8 comparisons per instruction.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `ends` is non-decreasing and within `keys`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn sort_segments_avx512(keys: &mut [u64], ends: &[u32]) {
+        let mut start = 0usize;
+        let mut copy = [u64::MAX; 32];
+        for &end in ends {
+            let end = end as usize;
+            let segment = &mut keys[start..end];
+            let len = segment.len();
+            start = end;
+            if len <= 1 {
+                continue;
+            }
+            if len > 32 {
+                segment.sort_unstable();
+                continue;
+            }
+            copy[..len].copy_from_slice(segment);
+            copy[len..].fill(u64::MAX);
+            let vectors = len.div_ceil(8);
+            let v = [
+                _mm512_loadu_si512(copy.as_ptr().cast()),
+                _mm512_loadu_si512(copy.as_ptr().add(8).cast()),
+                _mm512_loadu_si512(copy.as_ptr().add(16).cast()),
+                _mm512_loadu_si512(copy.as_ptr().add(24).cast()),
+            ];
+            for &key in &copy[..len] {
+                let k = _mm512_set1_epi64(key as i64);
+                let mut place = 0u32;
+                for x in &v[..vectors] {
+                    place += u32::from(_mm512_cmplt_epu64_mask(*x, k)).count_ones();
+                }
+                // Distinct keys: `place < len`; checked indexing all the same.
+                segment[place as usize] = key;
+            }
+        }
+    }
+
+    /// Passes 2 and 3, 16 buckets per test with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn for_each_in_ranges_avx2(
+        ids: &[u16],
+        first: (u16, u16),
+        second: (u16, u16),
+        visit: &mut impl FnMut(usize, u16) -> bool,
+    ) -> bool {
+        // Unsigned x <= c is max(x, c) == c; x >= c is min(x, c) == c.
+        let (a0, a1) = (_mm256_set1_epi16(first.0 as i16), _mm256_set1_epi16(first.1 as i16));
+        let (b0, b1) = (_mm256_set1_epi16(second.0 as i16), _mm256_set1_epi16(second.1 as i16));
+        let within = |x: __m256i, lo: __m256i, hi: __m256i| {
+            _mm256_and_si256(
+                _mm256_cmpeq_epi16(_mm256_max_epu16(x, lo), x),
+                _mm256_cmpeq_epi16(_mm256_min_epu16(x, hi), x),
+            )
+        };
+        let whole = ids.len() - ids.len() % 16;
+        let mut start = 0;
+        while start < whole {
+            let x = _mm256_loadu_si256(ids.as_ptr().add(start).cast());
+            let hit = _mm256_or_si256(within(x, a0, a1), within(x, b0, b1));
+            // Two mask bits per u16 lane.
+            let mut mask = _mm256_movemask_epi8(hit) as u32;
+            while mask != 0 {
+                let lane = (mask.trailing_zeros() / 2) as usize;
+                mask &= !(0b11 << (2 * lane));
+                if !visit(start + lane, ids[start + lane]) {
+                    return false;
+                }
+            }
+            start += 16;
+        }
+        for_each_in_ranges_portable(&ids[whole..], whole, first, second, visit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn all_passes() -> Vec<RowPasses> {
+        Kernel::available().into_iter().map(RowPasses::for_kernel).collect()
+    }
+
+    fn special(rng: &mut ChaCha8Rng, st: f32) -> f32 {
+        match rng.random_range(0..12) {
+            0 => st,
+            1 => -0.0,
+            2 => 0.0,
+            3 => f32::NAN,
+            4 => f32::INFINITY,
+            5 => f32::NEG_INFINITY,
+            6 => 1e-40,
+            7 => -1e-40,
+            8 => f32::MAX,
+            9 => f32::MIN,
+            _ => rng.random_range(-1.0..1.0),
+        }
+    }
+
+    #[test]
+    fn tail_buckets_are_identical_in_every_build() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let passes = all_passes();
+        for case in 0..400 {
+            let n = rng.random_range(1..200);
+            let target = rng.random_range(0..n);
+            let st = if case % 3 == 0 { 0.0 } else { rng.random_range(-0.5f32..0.5) };
+            let mut row: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.random_range(0..4) == 0 {
+                        special(&mut rng, st)
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            if case % 5 != 0 {
+                for v in row.iter_mut() {
+                    if !v.is_finite() {
+                        *v = st;
+                    }
+                }
+            }
+            row[target] = st;
+            let buckets = rng.random_range(1..300u16);
+            let map = BucketMap {
+                hi: st,
+                scale: rng.random_range(0.1f32..5000.0),
+                last: f32::from(buckets - 1),
+            };
+            let spare = buckets;
+            let mut results = Vec::new();
+            for &p in &passes {
+                let mut ids = vec![0u16; n];
+                let mut counts = vec![0u32; usize::from(spare) + SPARE_SLOTS];
+                let got = p.tail_buckets(&row, target, map, spare, &mut ids, &mut counts);
+                results.push((got, ids, counts));
+            }
+            // The obvious reference.
+            let mut ids = vec![0u16; n];
+            let mut counts = vec![0u32; usize::from(spare) + SPARE_SLOTS];
+            let mut tail = 0;
+            for (j, &v) in row.iter().enumerate() {
+                let in_tail = v < st || (v == st && j > target);
+                ids[j] = if in_tail {
+                    tail += 1;
+                    map.bucket(v)
+                } else {
+                    spare + (j % SPARE_SLOTS) as u16
+                };
+                counts[usize::from(ids[j])] += 1;
+            }
+            let expected = ((tail, row.iter().all(|v| v.is_finite())), ids, counts);
+            for (p, got) in passes.iter().zip(&results) {
+                assert_eq!(got, &expected, "{:?} case {case}", p.simd());
+            }
+        }
+    }
+
+    #[test]
+    fn segment_sorts_are_identical_in_every_build() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..300 {
+            let n = rng.random_range(0..400);
+            // Distinct keys (as rank keys are: the index is in the low bits), few distinct scores.
+            let keys: Vec<u64> = (0..n as u64)
+                .map(|j| {
+                    (rng.random_range(0..6u64) << 32 | j) ^ if j % 3 == 0 { 1 << 63 } else { 0 }
+                })
+                .collect();
+            let mut ends: Vec<u32> =
+                (0..rng.random_range(0..40)).map(|_| rng.random_range(0..=n as u32)).collect();
+            ends.sort_unstable();
+            let mut expected = keys.clone();
+            let mut start = 0;
+            for &e in &ends {
+                expected[start..e as usize].sort_unstable();
+                start = e as usize;
+            }
+            for p in all_passes() {
+                let mut got = keys.clone();
+                p.sort_segments(&mut got, &ends);
+                assert_eq!(got, expected, "{:?}", p.simd());
+            }
+        }
+    }
+
+    #[test]
+    fn range_visits_are_identical_in_every_build() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for _ in 0..300 {
+            let n = rng.random_range(0..300);
+            let ids: Vec<u16> = (0..n).map(|_| rng.random_range(0..40)).collect();
+            let mut range = || {
+                let a = rng.random_range(0..45u16);
+                (a, a.saturating_add(rng.random_range(0..10)).saturating_sub(2))
+            };
+            let (first, second) = (range(), range());
+            let stop_after = rng.random_range(0..n + 2);
+            let hits: Vec<(usize, u16)> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| in_range(b, first) || in_range(b, second))
+                .map(|(j, &b)| (j, b))
+                .collect();
+            let expected: Vec<_> = hits.iter().copied().take(stop_after).collect();
+            for p in all_passes() {
+                let mut seen = Vec::new();
+                let finished = p.for_each_in_ranges(&ids, first, second, |j, b| {
+                    seen.push((j, b));
+                    seen.len() < stop_after
+                });
+                let truncated: Vec<_> = seen.iter().copied().take(stop_after).collect();
+                assert_eq!(truncated, expected, "{:?}", p.simd());
+                // `visit` says stop once it has seen `stop_after` (at least one) items.
+                assert_eq!(finished, hits.len() < stop_after.max(1), "{:?}", p.simd());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// `cargo test --release --lib rowpass::timing -- --ignored --nocapture`: each build's pass 1
+    /// streaming over 256 rows of 16,384 scores, against a vectorised max over the same rows.
+    #[test]
+    #[ignore]
+    fn pass_costs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (q, n) = (256, 16384);
+        let scores: Vec<f32> = (0..q * n)
+            .map(|_| (0..12).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.03)
+            .collect();
+        let map = BucketMap { hi: 0.19, scale: 2048.0 / 0.35, last: 2047.0 };
+        let per_row = |t: std::time::Instant| t.elapsed().as_secs_f64() / (5 * q) as f64 * 1e6;
+        for p in Kernel::available().into_iter().map(RowPasses::for_kernel) {
+            let mut ids = vec![0u16; n];
+            let mut counts = vec![0u32; 2048 + SPARE_SLOTS];
+            let t = std::time::Instant::now();
+            for i in (0..5 * q).map(|i| i % q) {
+                counts.fill(0);
+                p.tail_buckets(&scores[i * n..(i + 1) * n], 5, map, 2048, &mut ids, &mut counts);
+            }
+            let pass = per_row(t);
+            let t = std::time::Instant::now();
+            let mut m = 0.0f32;
+            for i in (0..5 * q).map(|i| i % q) {
+                let row = &scores[i * n..(i + 1) * n];
+                m += row.chunks_exact(16).fold([f32::MIN; 16], |mut a, c| {
+                    for l in 0..16 {
+                        a[l] = if c[l] > a[l] { c[l] } else { a[l] };
+                    }
+                    a
+                })[0];
+            }
+            let max = per_row(t);
+            eprintln!("{:?}: pass 1 {pass:.1} us/row, vector max {max:.1} us/row ({m})", p.simd());
+        }
+    }
+}
