@@ -1407,126 +1407,139 @@ mod fast {
         let occupied = |b: usize| counts[b + 1] > counts[b];
         let run_end = |run: u64| (run as u32 as usize) + (run >> 32) as usize + 1;
         runs.retain(|&run| run_end(run) <= end);
-        let list = &mut scratch.list;
-        list.clear();
-        try_reserve(list, 2, "mining scratch", &[2])?;
+        // The last bucket and the occupied one before it.
+        let mut specials = [0u32; 2];
+        let mut n_specials = 0;
         if end == last && occupied(last) {
             let before_last = match runs.last() {
                 Some(&run) if run_end(run) == last => Some(run as u32),
                 _ => (last > 0 && occupied(last - 1)).then(|| last as u32 - 1),
             };
-            list.extend(before_last);
-            list.push(last as u32);
+            for b in before_last.into_iter().chain([last as u32]) {
+                specials[n_specials] = b;
+                n_specials += 1;
+            }
         }
-        let shortest = if runs.len() > LONG_RUNS {
+        let list = &mut scratch.list;
+        let mut shortest = if runs.len() > LONG_RUNS {
             let (_, kth, _) = runs.select_nth_unstable_by(LONG_RUNS - 1, |x, y| y.cmp(x));
             (*kth >> 32) as usize
         } else {
             1
         };
-        try_reserve(list, 2 * runs.len(), "mining scratch", &[2 * runs.len()])?;
-        for &run in runs.iter() {
-            let length = (run >> 32) as u32;
-            if length as usize >= shortest {
-                let p = run as u32;
-                list.extend([p, p + length + 1]);
-            }
-        }
-        list.sort_unstable();
-        list.dedup();
-        // Items in buckets at most `shortest` apart (below the last) have t's less than
-        // `shortest + 1` apart.
-        let bound = (shortest as f64 + 1.0 + 2.0 * (buckets as f64 + 1.0) * 2f64.powi(-22))
-            / f64::from(scale)
-            * (1.0 + 2f64.powi(-20));
-        let wanted = &mut scratch.wanted;
-        try_refill(wanted, end + 1, 0, "mining scratch")?;
-        let mut gathered = 0usize;
-        for &b in list.iter() {
-            let b = b as usize;
-            wanted[b] = 1;
-            gathered += before(b + 1) - before(b);
-        }
-        if gathered > (window / 4).max(256) {
-            return Ok(None);
-        }
-        // The wanted buckets as two ranges around their widest gap (a cheap vector test).
-        let (mut first, mut second) = (NO_RANGE, NO_RANGE);
-        if let (Some(&low), Some(&high)) = (list.first(), list.last()) {
-            let (gap_from, gap_to) = list
-                .windows(2)
-                .map(|w| (w[0], w[1]))
-                .max_by_key(|&(x, y)| (y - x, u32::MAX - x))
-                .unwrap_or((high, high));
-            first = (low as u16, gap_from as u16);
-            if gap_to > gap_from {
-                second = (gap_to as u16, high as u16);
-            }
-        }
-        // Gather bucket by bucket (a counting sort by bucket), then sort each small bucket.
-        let cursor = &mut scratch.cursor;
-        try_refill(cursor, end + 1, 0, "mining scratch")?;
-        let mut offset = 0u32;
-        for &b in list.iter() {
-            let b = b as usize;
-            cursor[b] = offset;
-            offset += counts[b + 1] - counts[b];
-        }
-        let keys = &mut scratch.keys;
-        try_refill(keys, gathered, 0, "mining scratch")?;
-        let mut overflow = false;
-        passes.for_each_in_ranges(ids, first, second, |j, b| {
-            let b = usize::from(b);
-            if wanted[b] != 0 {
-                let slot = &mut cursor[b];
-                match keys.get_mut(*slot as usize) {
-                    Some(k) => *k = rank_key(row[j], j as u32),
-                    None => {
-                        overflow = true; // cannot happen: sizes follow from the counts
-                        return false;
-                    }
+        // A second attempt reads every run (the certificate then covers every drop steeper than
+        // two bucket widths) when the longest runs' drops hold no qualifying pair.
+        let (a, b) = loop {
+            list.clear();
+            try_reserve(list, 2, "mining scratch", &[2])?;
+            list.extend_from_slice(&specials[..n_specials]);
+            try_reserve(list, 2 * runs.len(), "mining scratch", &[2 * runs.len()])?;
+            for &run in runs.iter() {
+                let length = (run >> 32) as u32;
+                if length as usize >= shortest {
+                    let p = run as u32;
+                    list.extend([p, p + length + 1]);
                 }
-                *slot += 1;
             }
-            true
-        });
-        if overflow {
-            return Ok(None);
-        }
-        // Walk the gathered items in rank order with their tail positions.
-        let candidates = &mut scratch.candidates;
-        candidates.clear();
-        try_reserve(candidates, gathered, "mining scratch", &[gathered])?;
-        let mut start = 0usize;
-        let mut previous: Option<(f32, usize, usize)> = None; // (score, bucket, position)
-        for &b in list.iter() {
-            let b = b as usize;
-            let stop = cursor[b] as usize;
-            let bucket_keys = &mut keys[start..stop];
-            insertion_sort(bucket_keys);
-            let first = before(b);
-            for (i, &k) in bucket_keys.iter().enumerate() {
-                let position = first + i;
-                if position >= window {
-                    break;
+            list.sort_unstable();
+            list.dedup();
+            // Items in buckets at most `shortest` apart (below the last) have t's less than
+            // `shortest + 1` apart.
+            let bound = (shortest as f64 + 1.0 + 2.0 * (buckets as f64 + 1.0) * 2f64.powi(-22))
+                / f64::from(scale)
+                * (1.0 + 2f64.powi(-20));
+            let wanted = &mut scratch.wanted;
+            try_refill(wanted, end + 1, 0, "mining scratch")?;
+            let mut gathered = 0usize;
+            for &b in list.iter() {
+                let b = b as usize;
+                wanted[b] = 1;
+                gathered += before(b + 1) - before(b);
+            }
+            if gathered > (window / 4).max(256) {
+                return Ok(None);
+            }
+            // The wanted buckets as two ranges around their widest gap (a cheap vector test).
+            let (mut first, mut second) = (NO_RANGE, NO_RANGE);
+            if let (Some(&low), Some(&high)) = (list.first(), list.last()) {
+                let (gap_from, gap_to) = list
+                    .windows(2)
+                    .map(|w| (w[0], w[1]))
+                    .max_by_key(|&(x, y)| (y - x, u32::MAX - x))
+                    .unwrap_or((high, high));
+                first = (low as u16, gap_from as u16);
+                if gap_to > gap_from {
+                    second = (gap_to as u16, high as u16);
                 }
-                let v = key_score(k);
-                if let Some((w, pb, pp)) = previous {
-                    // Consecutive in the tail: same bucket, or only empty buckets between.
-                    if pb == b || before(pb + 1) == before(b) {
-                        let drop: f32 = v - w;
-                        if f64::from(drop) < -bound {
-                            candidates.push(drop_key(drop, pp as u32));
+            }
+            // Gather bucket by bucket (a counting sort by bucket), then sort each small bucket.
+            let cursor = &mut scratch.cursor;
+            try_refill(cursor, end + 1, 0, "mining scratch")?;
+            let mut offset = 0u32;
+            for &b in list.iter() {
+                let b = b as usize;
+                cursor[b] = offset;
+                offset += counts[b + 1] - counts[b];
+            }
+            let keys = &mut scratch.keys;
+            try_refill(keys, gathered, 0, "mining scratch")?;
+            let mut overflow = false;
+            passes.for_each_in_ranges(ids, first, second, |j, b| {
+                let b = usize::from(b);
+                if wanted[b] != 0 {
+                    let slot = &mut cursor[b];
+                    match keys.get_mut(*slot as usize) {
+                        Some(k) => *k = rank_key(row[j], j as u32),
+                        None => {
+                            overflow = true; // cannot happen: sizes follow from the counts
+                            return false;
                         }
                     }
+                    *slot += 1;
                 }
-                previous = Some((v, b, position));
+                true
+            });
+            if overflow {
+                return Ok(None);
             }
-            start = stop;
-        }
-        let Some((a, b)) = choose_pair(candidates, options) else {
-            return Ok(None);
+            // Walk the gathered items in rank order with their tail positions.
+            let candidates = &mut scratch.candidates;
+            candidates.clear();
+            try_reserve(candidates, gathered, "mining scratch", &[gathered])?;
+            let mut start = 0usize;
+            let mut previous: Option<(f32, usize, usize)> = None; // (score, bucket, position)
+            for &b in list.iter() {
+                let b = b as usize;
+                let stop = cursor[b] as usize;
+                let bucket_keys = &mut keys[start..stop];
+                insertion_sort(bucket_keys);
+                let first = before(b);
+                for (i, &k) in bucket_keys.iter().enumerate() {
+                    let position = first + i;
+                    if position >= window {
+                        break;
+                    }
+                    let v = key_score(k);
+                    if let Some((w, pb, pp)) = previous {
+                        // Consecutive in the tail: same bucket, or only empty buckets between.
+                        if pb == b || before(pb + 1) == before(b) {
+                            let drop: f32 = v - w;
+                            if f64::from(drop) < -bound {
+                                candidates.push(drop_key(drop, pp as u32));
+                            }
+                        }
+                    }
+                    previous = Some((v, b, position));
+                }
+                start = stop;
+            }
+            match choose_pair(candidates, options) {
+                Some(pair) => break pair,
+                None if shortest > 1 => shortest = 1,
+                None => return Ok(None),
+            }
         };
+        let (wanted, cursor, keys) = (&scratch.wanted, &mut scratch.cursor, &scratch.keys);
         // tail[a + 1] and tail[b] were gathered: find their scores and buckets, and whether
         // every bucket between them was gathered too (then the band is among the gathered keys).
         let (mut top, mut bottom) = (None, None);
@@ -1813,6 +1826,40 @@ mod tests {
         }
         assert!(taken * 2 > tried, "the fast path certified only {taken} of {tried} rows");
         assert!(wide > 0 && narrow > 0, "certified {wide} wide and {narrow} narrow bands");
+    }
+
+    #[test]
+    fn the_fast_path_retries_with_every_run() {
+        // The steepest drops are 20 adjacent ones at the top of the tail (no pair qualifies among
+        // them, and they are all the longest runs of empty buckets hold); the pair needs one
+        // more, shallower drop further down, which only the second attempt reads.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut row = vec![1.0f32]; // the target
+        let mut v = 0.9f32;
+        for k in 0..=20 {
+            row.push(v);
+            v -= 0.02 - 0.0005 * k as f32;
+        }
+        while row.len() < 4000 {
+            let x = rng.random_range(0.2f32..0.594);
+            if !(0.40..0.405).contains(&x) {
+                row.push(x);
+            }
+        }
+        let options = MineOptions { consecutive_threshold: 1, ..MineOptions::default() };
+        let expected = reference(&row, 0, &options);
+        assert!(expected.1.is_some_and(|(a, b)| a == 19 && b > 21), "{:?}", expected.1);
+        for passes in Kernel::available().into_iter().map(RowPasses::for_kernel) {
+            let mut scratch = Scratch::default();
+            let fast = fast::mine_row(&row, 0, &options, &mut scratch, passes);
+            let Ok(Some((rank, drops))) = fast else {
+                panic!("not certified: {:?}", passes.simd())
+            };
+            assert_eq!((rank, drops), (expected.0, expected.1));
+            let got: Vec<i64> = scratch.band.iter().map(|&k| i64::from(key_index(k))).collect();
+            assert_eq!(got, expected.2);
+        }
+        check(&row, 0, options);
     }
 
     #[test]
