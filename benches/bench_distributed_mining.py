@@ -3,6 +3,7 @@
     python benches/bench_distributed_mining.py
     python benches/bench_distributed_mining.py --queries 4000 --gallery 8000 --tokens 32 \\
         --dim 128 --threads 1 --world 1 2 --repeat 2
+    python benches/bench_distributed_mining.py --dtype float16 --max-rank 1000
 
 Every rank builds the same random unit features, keeps its shard of the queries and of the
 gallery (``qure.distributed.shard``) and times ``sharded_mine`` between barriers: the gallery
@@ -32,7 +33,7 @@ def features(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarr
     gallery = rng.standard_normal((args.gallery, args.tokens, args.dim), dtype=np.float32)
     gallery /= np.linalg.norm(gallery, axis=-1, keepdims=True)
     targets = rng.integers(0, args.gallery, size=args.queries)
-    return queries, gallery, targets
+    return queries, gallery.astype(args.dtype, copy=False), targets
 
 
 def worker(args: argparse.Namespace, out: str) -> None:
@@ -92,6 +93,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="gallery dtype (float16 shards are gathered and scored as half precision)",
+    )
+    parser.add_argument(
         "--max-rank",
         type=int,
         default=None,
@@ -104,7 +111,7 @@ def main() -> None:
 
     print(
         f"sharded mining: Q={args.queries} queries, N={args.gallery} gallery images x "
-        f"T={args.tokens} tokens, d={args.dim}, max_rank={args.max_rank}; "
+        f"T={args.tokens} tokens, d={args.dim}, {args.dtype}, max_rank={args.max_rank}; "
         f"{args.threads} qure thread(s) per process"
     )
     with tempfile.TemporaryDirectory() as out:

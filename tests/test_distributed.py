@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,14 @@ def mining_cases():
     cases.append(("window_filters", q, g, t, {"max_rank": 15, **window, **both}, 20))
     simans = {"miner": "topk", "num_negatives": 5, "sampling": "simans", "simans": (3.0, 0.0)}
     cases.append(("topk_simans", q, g, t, {"strategy": "gather", "seed": 2, **simans}, None))
+    # Half-precision galleries: the shards' bits are gathered or scored in place, as one
+    # process scores them (no float32 copy), so the bands are those of the half gallery.
+    g16 = g.astype(np.float16)
+    gbf = torch.from_numpy(g).to(torch.bfloat16)
+    cases.append(("float16", q, g16, t, {}, None))
+    cases.append(("float16_max_rank", q, g16, t, {"max_rank": 9}, None))
+    cases.append(("bfloat16", q, gbf, t, {}, 30))
+    cases.append(("bfloat16_max_rank", q, gbf, t, {"max_rank": 9}, None))
     return cases
 
 
@@ -142,6 +151,12 @@ def _mining_worker(out: Path):
             sharded_mine(q[2 * r : 2 * r + 2], g[2 * r : 2 * r + 2], bad, **kwargs)
         except ValueError as exc:
             errors[name] = str(exc)
+    try:  # float16 on one rank, float32 on the other: every rank raises
+        sharded_mine(
+            q[2 * r : 2 * r + 2], g[2 * r : 2 * r + 2].astype((np.float16, np.float32)[r]), [0, 1]
+        )
+    except ValueError as exc:
+        errors["format"] = str(exc)
     (out / f"errors_rank{r}.json").write_text(json.dumps(errors))
     assert w == WORLD
 
@@ -249,6 +264,8 @@ def test_errors_reach_every_rank(launched):
         assert "disagree" in errors["shape"]
         # Rank 1's own error; rank 0 is told that another rank failed.
         assert "target" in errors and "target_max_rank" in errors
+        assert "disagree on their dtype" in errors["format"]
+        assert "['float16', 'float32']" in errors["format"]
     rank0 = json.loads((launched / "errors_rank0.json").read_text())
     assert "another rank" in rank0["target"] and "another rank" in rank0["target_max_rank"]
 
@@ -360,6 +377,19 @@ def test_helpers_outside_a_process_group(monkeypatch):
         assert sharded_mine(q, g, t, max_rank=5, strategy=strategy) == (
             qure.mine_from_features(q, g, t, max_rank=5)
         )
+    # Half-precision galleries are mined from their bits, as in mine_from_features, and never
+    # copied to float32 (NumPy's allocations are traced: a float32 copy would double the peak).
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((4096, 2, 64)).astype(np.float16)
+    qb, tb = rng.standard_normal((3, 64)).astype(np.float32), np.array([0, 5, 4095])
+    for gallery in (big, torch.from_numpy(big.astype(np.float32)).to(torch.bfloat16)):
+        for kw in ({}, {"max_rank": 50}):
+            tracemalloc.start()
+            got = sharded_mine(qb, gallery, tb, **kw)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert got == qure.mine_from_features(qb, gallery, tb, **kw)
+            assert peak < big.nbytes, (kw, peak, big.nbytes)
     with pytest.raises(ValueError, match="needs max_rank"):
         sharded_mine(q, g, t, strategy="candidates")
     with pytest.raises(ValueError, match="strategy"):

@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "COUNT_MAX",
+    "GALLERY_FORMATS",
     "as_float32_matrix",
     "as_gallery",
     "as_ids",
@@ -32,6 +33,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "csr_from_rows",
+    "gallery_from_bits",
     "indptr_from_sizes",
     "is_torch_tensor",
     "like_input",
@@ -157,6 +159,28 @@ def as_gallery(x: Any, name: str, ndim: int) -> tuple[np.ndarray, str]:
             raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
         return np.ascontiguousarray(x).view(np.uint16), "float16"
     return as_float32_matrix(x, name, ndim=ndim), "float32"
+
+
+def gallery_from_bits(bits: np.ndarray, fmt: str) -> Any:
+    """The inverse of :func:`as_gallery`: ``bits`` (as it returned them) as a typed gallery, a view.
+
+    ``"float16"`` gives a NumPy float16 array, ``"bfloat16"`` a CPU torch bfloat16 tensor (NumPy
+    has no bfloat16), ``"float32"`` the array itself.
+    """
+    if fmt == "float32":
+        return bits
+    if fmt == "float16":
+        return bits.view(np.float16)
+    if fmt == "bfloat16":
+        torch = sys.modules.get("torch")
+        if torch is None:
+            import torch
+        return torch.from_numpy(np.ascontiguousarray(bits).view(np.int16)).view(torch.bfloat16)
+    raise ValueError(f"unknown gallery format {fmt!r}")
+
+
+GALLERY_FORMATS = ("float32", "float16", "bfloat16")
+"""The gallery formats of :func:`as_gallery`, in the order of their codes."""
 
 
 def _check_ndim(array: np.ndarray, name: str, ndim: int) -> None:

@@ -20,9 +20,17 @@ import numpy as np
 
 from . import _core
 from . import distributed as qdist
-from ._arrays import as_float32_matrix, as_index_vector, check_choice, check_int
+from ._arrays import (
+    GALLERY_FORMATS,
+    as_float32_matrix,
+    as_gallery,
+    as_index_vector,
+    check_choice,
+    check_int,
+    gallery_from_bits,
+)
 from .mining import HardNegatives, MiningArguments, Pairing
-from .retrieval import mine_from_features, score
+from .retrieval import mine_from_features
 
 __all__ = ["STRATEGIES", "sharded_mine"]
 
@@ -64,23 +72,35 @@ def sharded_mine(
     others waiting. ``selection``: the candidate-set, filter and selection keywords of
     :func:`qure.mine_negatives` (``strategy`` there is ``miner`` here, as ``strategy`` names the
     sharding; ``"candidates"`` supports the band and windows after the target).
+
+    float16 and bfloat16 gallery shards are scored from their 16-bit patterns, as
+    :func:`qure.mine_from_features` scores them (never copied to float32); every rank must pass
+    the same gallery dtype.
     """
     check_choice(strategy, "strategy", STRATEGIES)
     if strategy == "candidates" and max_rank is None:
         raise ValueError("strategy='candidates' needs max_rank")
     local_gallery: np.ndarray | None = None
+    fmt = "float32"
     error: Exception | None = None
     try:
         ndim = gallery.ndim if hasattr(gallery, "ndim") else np.ndim(gallery)
         if ndim not in (2, 3):
             raise ValueError(f"gallery must be (N, d) or (N, T, d), got {ndim}-D")
-        local_gallery = as_float32_matrix(gallery, "gallery", ndim=ndim)
+        # float16/bfloat16 shards stay half precision (their bits), as in one process.
+        local_gallery, fmt = as_gallery(gallery, "gallery", ndim=ndim)
         if local_gallery.ndim == 2:
             local_gallery = local_gallery.reshape(local_gallery.shape[0], 1, -1)
     except (ValueError, TypeError) as exc:
         error = exc
     qdist.raise_together(error)
     assert local_gallery is not None
+    formats = qdist.all_gather_array(np.array([GALLERY_FORMATS.index(fmt)], dtype=np.int64))
+    if len(np.unique(formats)) != 1:
+        raise ValueError(
+            "the gallery shards disagree on their dtype "
+            f"(per rank: {[GALLERY_FORMATS[int(c)] for c in formats]})"
+        )
     options: dict[str, Any] = {
         "consecutive_threshold": consecutive_threshold,
         "pairing": pairing,
@@ -105,9 +125,9 @@ def sharded_mine(
         strategy == "auto" and max_rank is not None and tail_only and qdist.is_distributed()
     )
     if candidates:
-        mined = _mine_from_candidates(queries, local_gallery, target_idx, block_size, options)
+        mined = _mine_from_candidates(queries, local_gallery, fmt, target_idx, block_size, options)
         return qdist.gather_hard_negatives(mined)
-    full = qdist.all_gather_array(local_gallery)
+    full = gallery_from_bits(qdist.all_gather_array(local_gallery), fmt)
     counts = qdist.all_gather_array(np.array([np.shape(queries)[0]], dtype=np.int64))
     first_query = int(counts[: qdist.rank()].sum())
     result: HardNegatives | None = None
@@ -123,7 +143,7 @@ def sharded_mine(
 
 
 def _target_scores(
-    queries: np.ndarray, shard: np.ndarray, targets: np.ndarray, first_item: int
+    queries: np.ndarray, shard: np.ndarray, fmt: str, targets: np.ndarray, first_item: int
 ) -> np.ndarray:
     """Each query's score against its target, computed on the rank whose shard holds it and
     shared with a max-reduction (other ranks contribute ``-inf``)."""
@@ -132,7 +152,7 @@ def _target_scores(
     for b in range(0, len(local), _TARGET_BLOCK):
         rows = local[b : b + _TARGET_BLOCK]
         columns, which = np.unique(targets[rows] - first_item, return_inverse=True)
-        block = score(queries[rows], shard[columns])
+        block = _core.score(queries[rows], np.ascontiguousarray(shard[columns]), fmt)
         found[rows] = block[np.arange(len(rows)), which.reshape(-1)]
     return qdist.all_reduce_max(found)
 
@@ -140,6 +160,7 @@ def _target_scores(
 def _mine_from_candidates(
     queries: Any,
     shard: np.ndarray,
+    fmt: str,
     target_idx: Any,
     block_size: Any,
     options: dict[str, Any],
@@ -185,7 +206,7 @@ def _mine_from_candidates(
 
     # Every query against this shard: its share of each query's tail.
     q_all, t_all = qdist.all_gather_array(q_local), qdist.all_gather_array(t_local)
-    target_scores = _target_scores(q_all, shard, t_all, first_item)
+    target_scores = _target_scores(q_all, shard, fmt, t_all, first_item)
     above, items, values = _core.tail_candidates(
         q_all,
         shard,
@@ -195,6 +216,7 @@ def _mine_from_candidates(
         target_scores=target_scores,
         max_rank=args.max_rank,
         block_size=block,
+        gallery_format=fmt,
     )
     # To each query's rank, in one int64 payload per query: [above | items | score bits], every
     # rank's candidates padded to the widest shard's.
