@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::error::{out_of_memory, try_refill, try_reserve, QureError, Result};
 use crate::keys::{drop_key, f32_to_ordered, key_index, key_score, rank_key};
-use crate::rowpass::RowPasses;
+use crate::rowpass::{RowPasses, KEY_SLACK};
 use crate::strategy::{
     filtered, pick_key, simans_key, unit, Candidates, Pick, Reference, Removed, Spec,
 };
@@ -866,7 +866,8 @@ fn mine_row(
     #[cfg(target_arch = "x86_64")]
     match RowPasses::current().simd() {
         // SAFETY: `RowPasses` runs a vector level only where run-time detection found its
-        // instructions and AVX2 with FMA (through `Kernel`); the functions need nothing else.
+        // instructions, AVX2 with FMA (through `Kernel`) and POPCNT; the functions need nothing
+        // else.
         crate::kernel::Simd::Avx512 => {
             return unsafe { mine_row_avx512(row, target, options, scratch) };
         }
@@ -881,9 +882,9 @@ fn mine_row(
 /// [`mine_row`] compiled for AVX-512.
 ///
 /// # Safety
-/// The CPU must support AVX-512F, AVX2 and FMA.
+/// The CPU must support AVX-512F, AVX2, FMA and POPCNT.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,popcnt")]
 unsafe fn mine_row_avx512(
     row: &[f32],
     target: usize,
@@ -896,9 +897,9 @@ unsafe fn mine_row_avx512(
 /// [`mine_row`] compiled for AVX2.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and POPCNT.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,popcnt")]
 unsafe fn mine_row_avx2(
     row: &[f32],
     target: usize,
@@ -922,17 +923,7 @@ fn mine_row_any(
     }
     scratch.band.clear();
     let keys = &mut scratch.keys;
-    try_refill(keys, n, 0, "mining scratch")?;
-    let target_key = rank_key(row[target], target as u32);
-    let mut len = 0;
-    let mut finite = true;
-    // Branch-free compaction: every key is written, only tail keys (key > target's) advance.
-    for (j, &v) in row.iter().enumerate() {
-        finite &= v.is_finite();
-        let key = rank_key(v, j as u32);
-        keys[len] = key;
-        len += usize::from(key > target_key);
-    }
+    let (mut len, finite) = compact_tail(row, target, keys)?;
     if !finite {
         return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
     }
@@ -996,10 +987,10 @@ fn rank_row(
         }
         return Ok(above);
     }
-    try_refill(keys, n, 0, "mining scratch")?;
-    let mut len = 0;
-    let mut finite = true;
     if top {
+        try_refill(keys, n, 0, "mining scratch")?;
+        let mut len = 0;
+        let mut finite = true;
         // Every item but the target; the rank counts those ranked above it.
         let mut above = 0;
         for (j, &v) in row.iter().enumerate() {
@@ -1015,18 +1006,25 @@ fn rank_row(
         keys.truncate(len);
         return Ok(above);
     }
-    // Branch-free compaction: every key is written, only tail keys (key > target's) advance.
-    for (j, &v) in row.iter().enumerate() {
-        finite &= v.is_finite();
-        let key = rank_key(v, j as u32);
-        keys[len] = key;
-        len += usize::from(key > target_key);
-    }
+    let (len, finite) = compact_tail(row, target, keys)?;
     if !finite {
         return Err(RowError::NonFinite(row.iter().position(|v| !v.is_finite()).unwrap_or(0)));
     }
-    keys.truncate(len);
     Ok(n - 1 - len)
+}
+
+/// Replaces `keys` by the rank keys of the row's tail (the items ranked after the target), in
+/// index order, without clearing the buffer first; returns their number and whether every score
+/// is finite.
+fn compact_tail(row: &[f32], target: usize, keys: &mut Vec<u64>) -> Result<(usize, bool)> {
+    let room = row.len() + KEY_SLACK;
+    keys.clear();
+    try_reserve(keys, room, "mining scratch", &[room])?;
+    let (len, finite) =
+        RowPasses::current().tail_keys(row, target, &mut keys.spare_capacity_mut()[..room]);
+    // SAFETY: `tail_keys` initialised `keys[..len]`, and `len <= row.len()` is within capacity.
+    unsafe { keys.set_len(len) };
+    Ok((len, finite))
 }
 
 /// Steps 2-4 of the rule on the tail's rank keys in `scratch.keys` (any order): keeps the first

@@ -15,6 +15,15 @@
 //! work (counting, the callbacks) stays scalar, checked Rust.
 
 use crate::kernel::{Kernel, Simd};
+use crate::keys::rank_key;
+use std::mem::MaybeUninit;
+
+fn has_popcnt() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("popcnt");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// Spare count slots after the real buckets (items not in the tail).
 pub(crate) const SPARE_SLOTS: usize = 16;
@@ -48,15 +57,15 @@ impl RowPasses {
         Self::for_kernel(Kernel::current())
     }
 
-    /// The passes for `kernel`: its instruction set where the CPU also has AVX2 with FMA (the
-    /// `u16` passes use AVX2, and the row miner is compiled for AVX2 and FMA), portable code
-    /// otherwise.
+    /// The passes for `kernel`: its instruction set where the CPU also has AVX2 with FMA and
+    /// POPCNT (the `u16` passes use AVX2, and the row miner is compiled for AVX2, FMA and
+    /// POPCNT), portable code otherwise.
     pub fn for_kernel(kernel: Kernel) -> Self {
         let simd = match kernel.simd() {
             Simd::Portable => Simd::Portable,
             level => match Kernel::detect(Simd::Avx2) {
-                Some(_) => level,
-                None => Simd::Portable,
+                Some(_) if has_popcnt() => level,
+                _ => Simd::Portable,
             },
         };
         RowPasses { simd }
@@ -94,7 +103,7 @@ impl RowPasses {
         #[cfg(target_arch = "x86_64")]
         match self.simd {
             // SAFETY: `RowPasses` holds a vector level only where run-time detection found it
-            // (through `Kernel`) and AVX2; the functions' bounds are the asserts above.
+            // (through `Kernel`), AVX2 and POPCNT; the functions' bounds are the asserts above.
             Simd::Avx512 => {
                 return unsafe { x86::tail_buckets_avx512(row, target, map, spare, ids, counts) }
             }
@@ -125,7 +134,35 @@ impl RowPasses {
     }
 }
 
+/// Slots [`RowPasses::tail_keys`] needs beyond the row's length (whole-vector stores).
+pub(crate) const KEY_SLACK: usize = 16;
+
 impl RowPasses {
+    /// Writes the rank keys ([`rank_key`]) of the tail, in index order, to `keys[..len]` (every
+    /// one of those slots is initialised; later ones may be written too) and returns `len`
+    /// (at most `row.len()`) and whether every score is finite. The tail is every item scoring
+    /// below `row[target]`, and those after the target scoring equal to it (float comparisons:
+    /// for finite rows, exactly the items whose keys exceed the target's). `keys` must hold
+    /// `row.len() + KEY_SLACK` slots: checked, panics otherwise.
+    pub fn tail_keys(
+        self,
+        row: &[f32],
+        target: usize,
+        keys: &mut [MaybeUninit<u64>],
+    ) -> (usize, bool) {
+        assert!(
+            target < row.len()
+                && row.len() <= u32::MAX as usize
+                && keys.len() >= row.len() + KEY_SLACK
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.simd == Simd::Avx512 {
+            // SAFETY: AVX-512F (through `Kernel`) and POPCNT were detected; bounds are checked above.
+            return unsafe { x86::tail_keys_avx512(row, target, keys) };
+        }
+        tail_keys_portable(row, 0, target, row[target], keys)
+    }
+
     /// Sorts each segment `keys[ends[i - 1]..ends[i]]` (the first from 0) of distinct keys.
     /// Segments of up to 32 keys are sorted without branches: each key's place is the number of
     /// smaller keys in its segment. `ends` must be non-decreasing and within `keys`: checked.
@@ -136,7 +173,7 @@ impl RowPasses {
         );
         #[cfg(target_arch = "x86_64")]
         if self.simd == Simd::Avx512 {
-            // SAFETY: AVX-512F was detected (through `Kernel`); bounds are checked above.
+            // SAFETY: AVX-512F (through `Kernel`) and POPCNT were detected; bounds are checked above.
             unsafe { x86::sort_segments_avx512(keys, ends) };
             return;
         }
@@ -194,6 +231,28 @@ fn tail_buckets_portable(
     (tail, finite)
 }
 
+/// Portable [`RowPasses::tail_keys`] over `row`, whose first item has index `offset`; the
+/// keys go to `keys[0..]`.
+#[inline(always)]
+fn tail_keys_portable(
+    row: &[f32],
+    offset: usize,
+    target: usize,
+    st: f32,
+    keys: &mut [MaybeUninit<u64>],
+) -> (usize, bool) {
+    let mut len = 0;
+    let mut finite = true;
+    // Branch-free compaction: every key is written, only tail keys advance.
+    for (i, &v) in row.iter().enumerate() {
+        let j = offset + i;
+        finite &= v.is_finite();
+        keys[len] = MaybeUninit::new(rank_key(v, j as u32));
+        len += usize::from(v < st || (v == st && j > target));
+    }
+    (len, finite)
+}
+
 /// Portable passes 2 and 3 over `ids`, whose first item has index `offset`.
 #[inline(always)]
 fn for_each_in_ranges_portable(
@@ -229,16 +288,86 @@ fn count_ids(ids: &[u16], counts: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        count_ids, for_each_in_ranges_portable, tail_buckets_portable, BucketMap, COUNT_CHUNK,
-        SPARE_SLOTS,
+        count_ids, for_each_in_ranges_portable, tail_buckets_portable, tail_keys_portable,
+        BucketMap, COUNT_CHUNK, SPARE_SLOTS,
     };
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// [`super::RowPasses::tail_keys`], 16 items per step with AVX-512F: the keys are built in
+    /// vectors (the high half is the score's bits with all but the sign flipped for positive
+    /// scores, which is `!f32_to_ordered`), compressed to the tail's and stored whole.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and POPCNT; `keys` holds `row.len() + KEY_SLACK` slots and the row
+    /// fits `u32` indices (checked by the caller).
+    #[target_feature(enable = "avx512f,popcnt")]
+    pub(super) unsafe fn tail_keys_avx512(
+        row: &[f32],
+        target: usize,
+        keys: &mut [MaybeUninit<u64>],
+    ) -> (usize, bool) {
+        let n = row.len();
+        let whole = n - n % 16;
+        let st = row[target];
+        let hi = _mm512_set1_ps(st);
+        let zero = _mm512_setzero_ps();
+        let exponent = _mm512_set1_epi32(0x7f80_0000);
+        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let out = keys.as_mut_ptr();
+        let mut len = 0usize;
+        let mut bad: __mmask16 = 0;
+        let mut start = 0;
+        while start < whole {
+            let v = _mm512_loadu_ps(row.as_ptr().add(start));
+            bad |= _mm512_cmpeq_epi32_mask(
+                _mm512_and_si512(_mm512_castps_si512(v), exponent),
+                exponent,
+            );
+            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hi);
+            let equal = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, hi);
+            let after = if target < start {
+                0xffff
+            } else if target - start >= 16 {
+                0
+            } else {
+                _mm512_cmpgt_epi32_mask(lane, _mm512_set1_epi32((target - start) as i32))
+            };
+            let in_tail = below | (equal & after);
+            // -0.0 + 0.0 = +0.0: both zeros get one key, as in `f32_to_ordered`.
+            let bits = _mm512_castps_si512(_mm512_add_ps(v, zero));
+            let negative = _mm512_srai_epi32::<31>(bits);
+            let high = _mm512_xor_si512(bits, _mm512_andnot_si512(negative, magnitude));
+            // Indices wrap as u32 lanes and are widened unsigned: n fits u32.
+            let index = _mm512_add_epi32(_mm512_set1_epi32(start as u32 as i32), lane);
+            for half in 0..2 {
+                let (h, i) = if half == 0 {
+                    (_mm512_castsi512_si256(high), _mm512_castsi512_si256(index))
+                } else {
+                    (_mm512_extracti64x4_epi64::<1>(high), _mm512_extracti64x4_epi64::<1>(index))
+                };
+                let key = _mm512_or_si512(
+                    _mm512_slli_epi64::<32>(_mm512_cvtepu32_epi64(h)),
+                    _mm512_cvtepu32_epi64(i),
+                );
+                let mask = (in_tail >> (8 * half)) as u8;
+                // len <= start + 8 * half, so the 8 slots written end by n + 8 <= keys.len().
+                _mm512_storeu_si512(out.add(len).cast(), _mm512_maskz_compress_epi64(mask, key));
+                len += mask.count_ones() as usize;
+            }
+            start += 16;
+        }
+        let (rest, rest_finite) =
+            tail_keys_portable(&row[whole..], whole, target, st, &mut keys[len..]);
+        (len + rest, bad == 0 && rest_finite)
+    }
 
     /// Pass 1, 16 items per step with AVX-512F.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F and AVX2; the caller checked the slice lengths.
-    #[target_feature(enable = "avx512f,avx2")]
+    /// The CPU must support AVX-512F, AVX2 and POPCNT; the caller checked the slice lengths.
+    #[target_feature(enable = "avx512f,avx2,popcnt")]
     pub(super) unsafe fn tail_buckets_avx512(
         row: &[f32],
         target: usize,
@@ -290,8 +419,11 @@ mod x86 {
             _mm256_storeu_si256(ids.as_mut_ptr().add(start).cast(), packed);
             start += 16;
             if start % COUNT_CHUNK == 0 || start == whole {
-                // Count the chunk just written (a separate loop: no store forwarding stalls).
-                count_ids(&ids[start - (start - 1) % COUNT_CHUNK - 1..start], counts);
+                // Count the chunk just written (a separate loop: no store forwarding stalls),
+                // asking for the next chunk's scores on the way (the loads would otherwise wait
+                // for memory after the count).
+                let chunk = start - (start - 1) % COUNT_CHUNK - 1..start;
+                count_ids_prefetching(&ids[chunk], counts, row, start);
             }
         }
         let (rest_tail, rest_finite) = tail_buckets_portable(
@@ -306,11 +438,26 @@ mod x86 {
         (tail + rest_tail, bad == 0 && rest_finite)
     }
 
+    /// [`count_ids`], asking on the way for the cache line of `row[next + 16 g]` before the
+    /// ids `16 g ..` are counted (those that exist): one request at a time, spread over the
+    /// count, so they never fill the line buffers.
+    #[inline(always)]
+    fn count_ids_prefetching(ids: &[u16], counts: &mut [u32], row: &[f32], next: usize) {
+        for (g, group) in ids.chunks(16).enumerate() {
+            let at = next + 16 * g;
+            if at < row.len() {
+                // SAFETY: `at < row.len()`; a prefetch reads nothing and cannot fault.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast()) };
+            }
+            count_ids(group, counts);
+        }
+    }
+
     /// Pass 1, 8 items per step with AVX2.
     ///
     /// # Safety
-    /// The CPU must support AVX2; the caller checked the slice lengths.
-    #[target_feature(enable = "avx2")]
+    /// The CPU must support AVX2 and POPCNT; the caller checked the slice lengths.
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn tail_buckets_avx2(
         row: &[f32],
         target: usize,
@@ -390,8 +537,8 @@ mod x86 {
     /// [`super::RowPasses::sort_segments`] with AVX-512F: 8 comparisons per instruction.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `ends` is non-decreasing and within `keys`.
-    #[target_feature(enable = "avx512f")]
+    /// The CPU must support AVX-512F and POPCNT; `ends` is non-decreasing and within `keys`.
+    #[target_feature(enable = "avx512f,popcnt")]
     pub(super) unsafe fn sort_segments_avx512(keys: &mut [u64], ends: &[u32]) {
         let mut start = 0usize;
         let mut copy = [u64::MAX; 32];
@@ -550,6 +697,61 @@ mod tests {
             let expected = ((tail, row.iter().all(|v| v.is_finite())), ids, counts);
             for (p, got) in passes.iter().zip(&results) {
                 assert_eq!(got, &expected, "{:?} case {case}", p.simd());
+            }
+        }
+    }
+
+    #[test]
+    fn tail_keys_are_identical_in_every_build() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let passes = all_passes();
+        for case in 0..400 {
+            let n = rng.random_range(1..if case % 10 == 0 { 2000 } else { 200 });
+            let target = rng.random_range(0..n);
+            let st = match case % 4 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => rng.random_range(-0.5f32..0.5),
+            };
+            let mut row: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.random_range(0..4) == 0 {
+                        special(&mut rng, st)
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            if case % 5 != 0 {
+                for v in row.iter_mut() {
+                    if !v.is_finite() {
+                        *v = st;
+                    }
+                }
+            }
+            row[target] = st;
+            // The rule, one item at a time.
+            let expected: Vec<u64> = (0..n)
+                .filter(|&j| row[j] < st || (row[j] == st && j > target))
+                .map(|j| rank_key(row[j], j as u32))
+                .collect();
+            let finite = row.iter().all(|v| v.is_finite());
+            if finite {
+                // For finite rows the tail is exactly the keys above the target's.
+                let target_key = rank_key(st, target as u32);
+                let by_key: Vec<u64> = (0..n)
+                    .map(|j| rank_key(row[j], j as u32))
+                    .filter(|&k| k > target_key)
+                    .collect();
+                assert_eq!(by_key, expected, "case {case}");
+            }
+            for &p in &passes {
+                let mut keys = vec![MaybeUninit::new(7u64); n + KEY_SLACK];
+                let (len, all_finite) = p.tail_keys(&row, target, &mut keys);
+                // SAFETY: every slot was initialised above.
+                let keys: Vec<u64> = keys.iter().map(|k| unsafe { k.assume_init() }).collect();
+                assert_eq!(all_finite, finite, "case {case} {:?}", p.simd());
+                assert_eq!(&keys[..len], &expected[..], "case {case} {:?}", p.simd());
             }
         }
     }
