@@ -1340,10 +1340,12 @@ mod fast {
         }
         // Its passes read the whole row; when the tail is much shorter than the row (a target
         // ranked far down), the general path, which compacts the tail first, is faster.
-        if above * 4 > sampled * 3 || lo >= st || !(st - lo).is_finite() {
+        if above * 16 > sampled * 15 || lo >= st || !(st - lo).is_finite() {
             return Ok(None);
         }
-        let buckets = (n / ITEMS_PER_COARSE).clamp(16, MAX_BUCKETS);
+        // About ITEMS_PER_COARSE of the tail's items per bucket, from the sample's tail share.
+        let expected_tail = n / sampled * (sampled - above) + n % sampled;
+        let buckets = (expected_tail / ITEMS_PER_COARSE).clamp(16, MAX_BUCKETS);
         let scale = buckets as f32 / (st - lo);
         if !scale.is_finite() || scale <= 0.0 {
             return Ok(None);
