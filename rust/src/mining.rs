@@ -153,11 +153,13 @@ impl HardNegatives {
         try_reserve(&mut self.indices, extra, "bands", &[total])?;
         try_reserve(&mut self.scores, extra, "band scores", &[total])?;
         self.reserve_rows(parts.iter().map(HardNegatives::len).sum())?;
+        // The bands are copied in parallel (on the current pool), each part to its own slice.
+        copy_parts(&mut self.indices, parts.iter().map(|p| p.indices.as_slice()));
+        copy_parts(&mut self.scores, parts.iter().map(|p| p.scores.as_slice()));
+        let mut offset = (total - extra) as i64;
         for part in parts {
-            let offset = self.indices.len() as i64;
-            self.indices.extend_from_slice(&part.indices);
-            self.scores.extend_from_slice(&part.scores);
             self.indptr.extend(part.indptr[1..].iter().map(|&p| p + offset));
+            offset += part.indices.len() as i64;
             self.target_rank.extend_from_slice(&part.target_rank);
             self.target_score.extend_from_slice(&part.target_score);
             self.drops.extend_from_slice(&part.drops);
@@ -165,6 +167,31 @@ impl HardNegatives {
         }
         Ok(())
     }
+}
+
+/// Appends the slices of `parts`, in order, to `out`, which has room for them: the copies run in
+/// parallel on the current pool, each into its own part of the spare capacity.
+fn copy_parts<'a, T: Copy + Send + Sync + 'a>(
+    out: &mut Vec<T>,
+    parts: impl Iterator<Item = &'a [T]>,
+) {
+    let parts: Vec<&[T]> = parts.collect();
+    let extra: usize = parts.iter().map(|p| p.len()).sum();
+    assert!(out.capacity() - out.len() >= extra, "room is reserved first");
+    let mut rest = &mut out.spare_capacity_mut()[..extra];
+    let mut slots = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (slot, tail) = rest.split_at_mut(part.len());
+        slots.push(slot);
+        rest = tail;
+    }
+    slots.into_par_iter().zip(parts.par_iter()).with_min_len(4).for_each(|(slot, part)| {
+        for (s, &v) in slot.iter_mut().zip(part.iter()) {
+            s.write(v);
+        }
+    });
+    // SAFETY: the slots tile the first `extra` spare slots and each was written in full.
+    unsafe { out.set_len(out.len() + extra) };
 }
 
 /// Checks everything but the scores, once, and mines blocks of score rows.
@@ -497,7 +524,7 @@ impl<'a> Miner<'a> {
         for chunk in chunks {
             parts.push(chunk?);
         }
-        out.append(&parts)?;
+        threads::install(|| out.append(&parts))?;
         Ok(out)
     }
 
@@ -799,6 +826,10 @@ struct Scratch {
     /// Which coarse buckets the fast path reads item by item, as flags and as a sorted list.
     wanted: Vec<u8>,
     list: Vec<u32>,
+    /// The coarse bucket of each of the band's items, as its keys are found (fast path).
+    band_buckets: Vec<u32>,
+    /// Which coarse buckets are empty (fast path), a bit each.
+    empty: Vec<u64>,
     /// Runs of empty coarse buckets (fast path): length << 32 | the bucket before the run.
     runs: Vec<u64>,
     /// Each item's coarse bucket (fast path).
@@ -1298,7 +1329,7 @@ mod fast {
     use super::{choose_pair, insertion_sort, MineOptions, RowError, Scratch};
     use crate::error::{try_refill, try_reserve};
     use crate::keys::{drop_key, key_score, rank_key};
-    use crate::rowpass::{BucketMap, RowPasses, SPARE_SLOTS};
+    use crate::rowpass::{BucketMap, RowPasses, KEY_SLACK, SPARE_SLOTS};
 
     /// Tail items per coarse bucket.
     const ITEMS_PER_COARSE: usize = 8;
@@ -1310,6 +1341,20 @@ mod fast {
     const NO_RANGE: (u16, u16) = (1, 0);
 
     type Done = (usize, Option<(usize, usize)>);
+
+    /// The first bit at or after `from` and before `limit` that is set (`set`) or clear.
+    #[inline(always)]
+    fn next_bit(bits: &[u64], from: usize, limit: usize, set: bool) -> Option<usize> {
+        let flip = if set { 0 } else { u64::MAX };
+        let mut word = from / 64;
+        let mut w = (*bits.get(word)? ^ flip) & (u64::MAX << (from % 64));
+        while w == 0 {
+            word += 1;
+            w = *bits.get(word)? ^ flip;
+        }
+        let at = word * 64 + w.trailing_zeros() as usize;
+        (at < limit).then_some(at)
+    }
 
     #[inline(always)]
     pub(super) fn mine_row(
@@ -1378,22 +1423,20 @@ mod fast {
         // counts[b] becomes the number of tail items in buckets before b (b = 0 ..= buckets);
         // on the way, the runs of empty buckets between occupied ones, as
         // `length << 32 | the occupied bucket before the run`.
+        let empty = &mut scratch.empty;
+        try_refill(empty, buckets.div_ceil(64), 0, "mining scratch")?;
+        counts[buckets] = passes.prefix_counts(&mut counts[..buckets], empty);
         let runs = &mut scratch.runs;
         runs.clear();
         try_reserve(runs, buckets / 2 + 1, "mining scratch", &[buckets / 2 + 1])?;
-        let mut running = 0u32;
-        let mut previous = usize::MAX; // the last occupied bucket so far
-        for (b, c) in counts[..buckets].iter_mut().enumerate() {
-            let here = *c;
-            (*c, running) = (running, running + here);
-            if here != 0 {
-                if previous != usize::MAX && b - previous > 1 {
-                    runs.push(((b - previous - 1) as u64) << 32 | previous as u64);
-                }
-                previous = b;
+        let mut from = 0;
+        while let Some(first) = next_bit(empty, from, buckets, true) {
+            let stop = next_bit(empty, first, buckets, false).unwrap_or(buckets);
+            if first > 0 && stop < buckets {
+                runs.push(((stop - first) as u64) << 32 | (first - 1) as u64);
             }
+            from = stop;
         }
-        counts[buckets] = running;
         let counts = &counts[..=buckets];
         let before = |b: usize| counts[b] as usize;
         // The bucket where the window ends.
@@ -1593,25 +1636,37 @@ mod fast {
         for (bk, c) in cursor.iter_mut().enumerate().take(bottom_bucket + 1).skip(top_bucket) {
             *c = offset_of(bk) as u32;
         }
-        let mut overflow = false;
+        // The band's keys and buckets in index order (a vector pass), then placed.
+        let (found, found_buckets) = (&mut scratch.candidates, &mut scratch.band_buckets);
+        let room = n + KEY_SLACK;
+        found.clear();
+        found_buckets.clear();
+        try_reserve(found, room, "mining scratch", &[room])?;
+        try_reserve(found_buckets, room, "mining scratch", &[room])?;
         let range = (top_bucket as u16, bottom_bucket as u16);
-        passes.for_each_in_ranges(ids, range, NO_RANGE, |j, bk| {
-            let v = row[j];
-            if v <= top && v >= bottom {
-                let slot = &mut cursor[usize::from(bk)];
-                match band.get_mut(*slot as usize) {
-                    Some(s) => *s = rank_key(v, j as u32),
-                    None => {
-                        overflow = true; // cannot happen: sizes follow from the counts
-                        return false;
-                    }
-                }
-                *slot += 1;
+        let len = passes.band_keys(
+            row,
+            ids,
+            range,
+            (bottom, top),
+            &mut found.spare_capacity_mut()[..room],
+            &mut found_buckets.spare_capacity_mut()[..room],
+        );
+        // SAFETY: `band_keys` initialised both buffers' first `len <= n` slots.
+        unsafe {
+            found.set_len(len);
+            found_buckets.set_len(len);
+        }
+        if len != size {
+            return Ok(None); // cannot happen: the band is these items
+        }
+        for (&key, &bk) in found.iter().zip(found_buckets.iter()) {
+            let slot = &mut cursor[bk as usize];
+            match band.get_mut(*slot as usize) {
+                Some(s) => *s = key,
+                None => return Ok(None), // cannot happen: sizes follow from the counts
             }
-            true
-        });
-        if overflow {
-            return Ok(None);
+            *slot += 1;
         }
         // Each band bucket's cursor now ends its share of the band: sort the shares.
         let ends = &cursor[top_bucket..=bottom_bucket];

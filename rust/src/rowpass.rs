@@ -163,6 +163,51 @@ impl RowPasses {
         tail_keys_portable(row, 0, target, row[target], keys)
     }
 
+    /// Pass 3: writes to `keys[..len]` and `buckets[..len]` (every one of those slots is
+    /// initialised; later ones may be written too) the rank key and the bucket of every item,
+    /// in index order, whose bucket `ids[j]` lies in `range` (inclusive) and whose score lies in
+    /// `[low, high]`; returns `len`. `ids` must be as long as `row`, the row must fit `u32`
+    /// indices and `keys` and `buckets` must hold `row.len() + KEY_SLACK` slots: checked,
+    /// panics otherwise.
+    pub fn band_keys(
+        self,
+        row: &[f32],
+        ids: &[u16],
+        range: (u16, u16),
+        (low, high): (f32, f32),
+        keys: &mut [MaybeUninit<u64>],
+        buckets: &mut [MaybeUninit<u32>],
+    ) -> usize {
+        assert!(
+            ids.len() == row.len()
+                && row.len() <= u32::MAX as usize
+                && keys.len() >= row.len() + KEY_SLACK
+                && buckets.len() >= row.len() + KEY_SLACK
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.simd == Simd::Avx512 {
+            // SAFETY: AVX-512F (through `Kernel`) and POPCNT were detected; bounds are checked
+            // above.
+            return unsafe { x86::band_keys_avx512(row, ids, range, (low, high), keys, buckets) };
+        }
+        band_keys_portable(row, ids, 0, range, (low, high), keys, buckets)
+    }
+
+    /// Replaces each count by the sum of the counts before it and marks the zero counts in
+    /// `empty` (bit `b % 64` of word `b / 64` for count `b`; all of `empty` is overwritten).
+    /// Returns the sum of all counts (wrapping, as the running sums do). `empty` must hold
+    /// `counts.len().div_ceil(64)` words: checked, panics otherwise.
+    pub fn prefix_counts(self, counts: &mut [u32], empty: &mut [u64]) -> u32 {
+        assert!(empty.len() >= counts.len().div_ceil(64));
+        empty.fill(0);
+        #[cfg(target_arch = "x86_64")]
+        if self.simd == Simd::Avx512 {
+            // SAFETY: AVX-512F was detected (through `Kernel`); bounds are checked above.
+            return unsafe { x86::prefix_counts_avx512(counts, empty) };
+        }
+        prefix_counts_portable(counts, 0, 0, empty)
+    }
+
     /// Sorts each segment `keys[ends[i - 1]..ends[i]]` (the first from 0) of distinct keys.
     /// Segments of up to 32 keys are sorted without branches: each key's place is the number of
     /// smaller keys in its segment. `ends` must be non-decreasing and within `keys`: checked.
@@ -253,6 +298,48 @@ fn tail_keys_portable(
     (len, finite)
 }
 
+/// Portable [`RowPasses::band_keys`] over `row` and `ids`, whose first item has index
+/// `offset`; the keys and buckets go to `keys[0..]` and `buckets[0..]`.
+#[inline(always)]
+fn band_keys_portable(
+    row: &[f32],
+    ids: &[u16],
+    offset: usize,
+    range: (u16, u16),
+    (low, high): (f32, f32),
+    keys: &mut [MaybeUninit<u64>],
+    buckets: &mut [MaybeUninit<u32>],
+) -> usize {
+    let mut len = 0;
+    // Branch-free compaction: every key is written, only the band's advance.
+    for (i, (&v, &id)) in row.iter().zip(ids).enumerate() {
+        keys[len] = MaybeUninit::new(rank_key(v, (offset + i) as u32));
+        buckets[len] = MaybeUninit::new(u32::from(id));
+        len += usize::from(in_range(id, range) && v >= low && v <= high);
+    }
+    len
+}
+
+/// Portable [`RowPasses::prefix_counts`] over `counts`, the counts from `first` on, whose sum
+/// before them is `running`; `empty` is zero where it is set.
+#[inline(always)]
+fn prefix_counts_portable(
+    counts: &mut [u32],
+    first: usize,
+    running: u32,
+    empty: &mut [u64],
+) -> u32 {
+    let mut running = running;
+    for (i, c) in counts.iter_mut().enumerate() {
+        let b = first + i;
+        let here = *c;
+        empty[b / 64] |= u64::from(here == 0) << (b % 64);
+        *c = running;
+        running = running.wrapping_add(here);
+    }
+    running
+}
+
 /// Portable passes 2 and 3 over `ids`, whose first item has index `offset`.
 #[inline(always)]
 fn for_each_in_ranges_portable(
@@ -288,8 +375,8 @@ fn count_ids(ids: &[u16], counts: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        count_ids, for_each_in_ranges_portable, tail_buckets_portable, tail_keys_portable,
-        BucketMap, COUNT_CHUNK, SPARE_SLOTS,
+        band_keys_portable, count_ids, for_each_in_ranges_portable, prefix_counts_portable,
+        tail_buckets_portable, tail_keys_portable, BucketMap, COUNT_CHUNK, SPARE_SLOTS,
     };
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
@@ -534,6 +621,115 @@ mod x86 {
         (tail + rest_tail, _mm256_testz_si256(bad, bad) == 1 && rest_finite)
     }
 
+    /// [`super::RowPasses::band_keys`], 16 items per step with AVX-512F: keys built as in
+    /// [`tail_keys_avx512`], compressed with their buckets.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and POPCNT; `ids` is as long as `row`, `keys` and
+    /// `buckets` hold `row.len() + KEY_SLACK` slots and the row fits `u32` indices.
+    #[target_feature(enable = "avx512f,popcnt")]
+    pub(super) unsafe fn band_keys_avx512(
+        row: &[f32],
+        ids: &[u16],
+        range: (u16, u16),
+        (low, high): (f32, f32),
+        keys: &mut [MaybeUninit<u64>],
+        buckets: &mut [MaybeUninit<u32>],
+    ) -> usize {
+        let n = row.len();
+        let whole = n - n % 16;
+        let (lo, hi) = (_mm512_set1_ps(low), _mm512_set1_ps(high));
+        let first = _mm512_set1_epi32(i32::from(range.0));
+        let last = _mm512_set1_epi32(i32::from(range.1));
+        let zero = _mm512_setzero_ps();
+        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let (key_out, bucket_out) = (keys.as_mut_ptr(), buckets.as_mut_ptr());
+        let mut len = 0usize;
+        let mut start = 0;
+        while start < whole {
+            let id = _mm512_cvtepu16_epi32(_mm256_loadu_si256(ids.as_ptr().add(start).cast()));
+            let inside = _mm512_cmpge_epu32_mask(id, first) & _mm512_cmple_epu32_mask(id, last);
+            if inside != 0 {
+                let v = _mm512_loadu_ps(row.as_ptr().add(start));
+                let hit = inside
+                    & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo)
+                    & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, hi);
+                let bits = _mm512_castps_si512(_mm512_add_ps(v, zero));
+                let negative = _mm512_srai_epi32::<31>(bits);
+                let high_half = _mm512_xor_si512(bits, _mm512_andnot_si512(negative, magnitude));
+                let index = _mm512_add_epi32(_mm512_set1_epi32(start as u32 as i32), lane);
+                // len <= start, so the 16 slots written end by n + 16 <= the buffers' lengths.
+                _mm512_storeu_si512(
+                    bucket_out.add(len).cast(),
+                    _mm512_maskz_compress_epi32(hit, id),
+                );
+                for half in 0..2 {
+                    let (h, i) = if half == 0 {
+                        (_mm512_castsi512_si256(high_half), _mm512_castsi512_si256(index))
+                    } else {
+                        (
+                            _mm512_extracti64x4_epi64::<1>(high_half),
+                            _mm512_extracti64x4_epi64::<1>(index),
+                        )
+                    };
+                    let key = _mm512_or_si512(
+                        _mm512_slli_epi64::<32>(_mm512_cvtepu32_epi64(h)),
+                        _mm512_cvtepu32_epi64(i),
+                    );
+                    let mask = (hit >> (8 * half)) as u8;
+                    _mm512_storeu_si512(
+                        key_out.add(len).cast(),
+                        _mm512_maskz_compress_epi64(mask, key),
+                    );
+                    len += mask.count_ones() as usize;
+                }
+            }
+            start += 16;
+        }
+        len + band_keys_portable(
+            &row[whole..],
+            &ids[whole..],
+            whole,
+            range,
+            (low, high),
+            &mut keys[len..],
+            &mut buckets[len..],
+        )
+    }
+
+    /// [`super::RowPasses::prefix_counts`], 16 counts per step with AVX-512F (a log-step scan
+    /// in the register, then the running sum before the step added).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `empty` holds `counts.len().div_ceil(64)` zeroed words.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn prefix_counts_avx512(counts: &mut [u32], empty: &mut [u64]) -> u32 {
+        let whole = counts.len() - counts.len() % 16;
+        let zero = _mm512_setzero_si512();
+        let mut carry = _mm512_setzero_si512();
+        let last = _mm512_set1_epi32(15);
+        let mut start = 0;
+        while start < whole {
+            let at = counts.as_mut_ptr().add(start);
+            let x = _mm512_loadu_si512(at.cast());
+            let zeros = _mm512_cmpeq_epi32_mask(x, zero);
+            empty[start / 64] |= u64::from(zeros) << (start % 64);
+            // Inclusive scan: lane i gets x[0] + ... + x[i].
+            let mut sum = _mm512_add_epi32(x, _mm512_alignr_epi32::<15>(x, zero));
+            sum = _mm512_add_epi32(sum, _mm512_alignr_epi32::<14>(sum, zero));
+            sum = _mm512_add_epi32(sum, _mm512_alignr_epi32::<12>(sum, zero));
+            sum = _mm512_add_epi32(sum, _mm512_alignr_epi32::<8>(sum, zero));
+            // Exclusive, after the counts of earlier steps.
+            let before = _mm512_add_epi32(_mm512_sub_epi32(sum, x), carry);
+            _mm512_storeu_si512(at.cast(), before);
+            carry = _mm512_add_epi32(carry, _mm512_permutexvar_epi32(last, sum));
+            start += 16;
+        }
+        let running = _mm_cvtsi128_si32(_mm512_castsi512_si128(carry)) as u32;
+        prefix_counts_portable(&mut counts[whole..], whole, running, empty)
+    }
+
     /// [`super::RowPasses::sort_segments`] with AVX-512F: 8 comparisons per instruction.
     ///
     /// # Safety
@@ -752,6 +948,94 @@ mod tests {
                 let keys: Vec<u64> = keys.iter().map(|k| unsafe { k.assume_init() }).collect();
                 assert_eq!(all_finite, finite, "case {case} {:?}", p.simd());
                 assert_eq!(&keys[..len], &expected[..], "case {case} {:?}", p.simd());
+            }
+        }
+    }
+
+    #[test]
+    fn band_keys_are_identical_in_every_build() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let passes = all_passes();
+        for case in 0..400 {
+            let n = rng.random_range(1..if case % 10 == 0 { 2000 } else { 200 });
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.random_range(0..4) == 0 {
+                        special(&mut rng, 0.25)
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            let ids: Vec<u16> = (0..n).map(|_| rng.random_range(0..40)).collect();
+            let range = match case % 4 {
+                0 => (1, 0), // empty
+                1 => (0, 39),
+                _ => {
+                    let a = rng.random_range(0..40);
+                    (a, rng.random_range(a..45))
+                }
+            };
+            let low = rng.random_range(-1.0f32..0.5);
+            let high = if case % 5 == 0 { low } else { rng.random_range(low..1.0) };
+            let expected: Vec<(u64, u32)> = (0..n)
+                .filter(|&j| {
+                    ids[j] >= range.0 && ids[j] <= range.1 && row[j] >= low && row[j] <= high
+                })
+                .map(|j| (rank_key(row[j], j as u32), u32::from(ids[j])))
+                .collect();
+            for &p in &passes {
+                let mut keys = vec![MaybeUninit::new(7u64); n + KEY_SLACK];
+                let mut buckets = vec![MaybeUninit::new(9u32); n + KEY_SLACK];
+                let len = p.band_keys(&row, &ids, range, (low, high), &mut keys, &mut buckets);
+                // SAFETY: every slot was initialised above.
+                let got: Vec<(u64, u32)> = keys[..len]
+                    .iter()
+                    .zip(&buckets[..len])
+                    .map(|(k, b)| unsafe { (k.assume_init(), b.assume_init()) })
+                    .collect();
+                assert_eq!(got, expected, "case {case} {:?}", p.simd());
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_counts_are_identical_in_every_build() {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let passes = all_passes();
+        for case in 0..300 {
+            let len = rng.random_range(0..if case % 10 == 0 { 3000 } else { 200 });
+            let zeros = rng.random_range(0.0..1.0);
+            let counts: Vec<u32> = (0..len)
+                .map(|_| {
+                    if rng.random_bool(zeros) {
+                        0
+                    } else if case % 7 == 0 {
+                        rng.random_range(0..=u32::MAX) // sums wrap
+                    } else {
+                        rng.random_range(1..50)
+                    }
+                })
+                .collect();
+            let mut expected = Vec::with_capacity(len);
+            let mut running = 0u32;
+            for &c in &counts {
+                expected.push(running);
+                running = running.wrapping_add(c);
+            }
+            let mut expected_empty = vec![0u64; len.div_ceil(64) + 1];
+            for (b, &c) in counts.iter().enumerate() {
+                if c == 0 {
+                    expected_empty[b / 64] |= 1 << (b % 64);
+                }
+            }
+            for &p in &passes {
+                let mut got = counts.clone();
+                let mut empty = vec![u64::MAX; len.div_ceil(64) + 1];
+                let total = p.prefix_counts(&mut got, &mut empty);
+                assert_eq!(total, running, "case {case} {:?}", p.simd());
+                assert_eq!(got, expected, "case {case} {:?}", p.simd());
+                assert_eq!(empty, expected_empty, "case {case} {:?}", p.simd());
             }
         }
     }
