@@ -186,9 +186,11 @@ fn copy_parts<'a, T: Copy + Send + Sync + 'a>(
         rest = tail;
     }
     slots.into_par_iter().zip(parts.par_iter()).with_min_len(4).for_each(|(slot, part)| {
-        for (s, &v) in slot.iter_mut().zip(part.iter()) {
-            s.write(v);
-        }
+        // SAFETY: `slot` is exactly `part.len()` slots (split above) of another allocation;
+        // writing `Copy` values into `MaybeUninit` slots needs nothing else.
+        unsafe {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), slot.as_mut_ptr().cast::<T>(), part.len())
+        };
     });
     // SAFETY: the slots tile the first `extra` spare slots and each was written in full.
     unsafe { out.set_len(out.len() + extra) };
@@ -1377,11 +1379,12 @@ mod fast {
         let (mut lo, mut above, mut sampled) = (st, 0usize, 0usize);
         for r in 0..4 {
             let start = (n - run) / 3 * r;
+            // Branch-free, so that it vectorises.
             for &v in &row[start..start + run] {
-                lo = if v < st { lo.min(v) } else { lo };
+                lo = lo.min(if v < st { v } else { st });
                 above += usize::from(v > st);
-                sampled += 1;
             }
+            sampled += run;
         }
         // Its passes read the whole row; when the tail is much shorter than the row (a target
         // ranked far down), the general path, which compacts the tail first, is faster.
@@ -1660,9 +1663,10 @@ mod fast {
         if len != size {
             return Ok(None); // cannot happen: the band is these items
         }
+        let (cursor, places) = (cursor.as_mut_slice(), band.as_mut_slice());
         for (&key, &bk) in found.iter().zip(found_buckets.iter()) {
             let slot = &mut cursor[bk as usize];
-            match band.get_mut(*slot as usize) {
+            match places.get_mut(*slot as usize) {
                 Some(s) => *s = key,
                 None => return Ok(None), // cannot happen: sizes follow from the counts
             }
