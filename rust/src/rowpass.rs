@@ -738,6 +738,7 @@ mod x86 {
     pub(super) unsafe fn sort_segments_avx512(keys: &mut [u64], ends: &[u32]) {
         let mut start = 0usize;
         let mut copy = [u64::MAX; 32];
+        let high = _mm512_set1_epi64(-1); // u64::MAX: pads past the segment's end
         for &end in ends {
             let end = end as usize;
             let segment = &mut keys[start..end];
@@ -750,15 +751,16 @@ mod x86 {
                 segment.sort_unstable();
                 continue;
             }
-            copy[..len].copy_from_slice(segment);
-            copy[len..].fill(u64::MAX);
+            // The segment in up to four vectors, padded with u64::MAX (masked loads read only
+            // the segment's own slots), and a copy to read the keys from while they move.
             let vectors = len.div_ceil(8);
-            let v = [
-                _mm512_loadu_si512(copy.as_ptr().cast()),
-                _mm512_loadu_si512(copy.as_ptr().add(8).cast()),
-                _mm512_loadu_si512(copy.as_ptr().add(16).cast()),
-                _mm512_loadu_si512(copy.as_ptr().add(24).cast()),
-            ];
+            let mut v = [high; 4];
+            for (i, x) in v.iter_mut().enumerate().take(vectors) {
+                let lanes = (len - 8 * i).min(8);
+                let mask: u8 = if lanes == 8 { 0xff } else { (1u8 << lanes) - 1 };
+                *x = _mm512_mask_loadu_epi64(high, mask, segment.as_ptr().add(8 * i).cast());
+                _mm512_storeu_si512(copy.as_mut_ptr().add(8 * i).cast(), *x);
+            }
             for &key in &copy[..len] {
                 let k = _mm512_set1_epi64(key as i64);
                 let mut place = 0u32;
