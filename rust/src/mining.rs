@@ -1381,7 +1381,8 @@ mod fast {
             let start = (n - run) / 3 * r;
             // Branch-free, so that it vectorises.
             for &v in &row[start..start + run] {
-                lo = lo.min(if v < st { v } else { st });
+                let tail = if v < st { v } else { st };
+                lo = if tail < lo { tail } else { lo };
                 above += usize::from(v > st);
             }
             sampled += run;

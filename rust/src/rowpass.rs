@@ -18,6 +18,13 @@ use crate::kernel::{Kernel, Simd};
 use crate::keys::rank_key;
 use std::mem::MaybeUninit;
 
+fn has_avx512bw() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bw");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn has_popcnt() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("popcnt");
@@ -49,6 +56,8 @@ impl BucketMap {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RowPasses {
     simd: Simd,
+    /// AVX-512BW (16-bit lanes) is there too: the `u16` passes use it with AVX-512.
+    bw: bool,
 }
 
 impl RowPasses {
@@ -68,7 +77,7 @@ impl RowPasses {
                 _ => Simd::Portable,
             },
         };
-        RowPasses { simd }
+        RowPasses { simd, bw: simd == Simd::Avx512 && has_avx512bw() }
     }
 
     /// The instruction set the passes run.
@@ -125,6 +134,11 @@ impl RowPasses {
         second: (u16, u16),
         mut visit: impl FnMut(usize, u16) -> bool,
     ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.bw {
+            // SAFETY: AVX-512F (through `Kernel`), AVX-512BW and POPCNT were detected.
+            return unsafe { x86::for_each_in_ranges_avx512bw(ids, first, second, &mut visit) };
+        }
         #[cfg(target_arch = "x86_64")]
         if self.simd != Simd::Portable {
             // SAFETY: as in `tail_buckets`: AVX2 was detected.
@@ -621,6 +635,37 @@ mod x86 {
         (tail + rest_tail, _mm256_testz_si256(bad, bad) == 1 && rest_finite)
     }
 
+    /// [`super::RowPasses::for_each_in_ranges`], 32 ids per step with AVX-512BW.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX-512BW and POPCNT.
+    #[target_feature(enable = "avx512f,avx512bw,popcnt")]
+    pub(super) unsafe fn for_each_in_ranges_avx512bw(
+        ids: &[u16],
+        first: (u16, u16),
+        second: (u16, u16),
+        visit: &mut impl FnMut(usize, u16) -> bool,
+    ) -> bool {
+        let (a0, a1) = (_mm512_set1_epi16(first.0 as i16), _mm512_set1_epi16(first.1 as i16));
+        let (b0, b1) = (_mm512_set1_epi16(second.0 as i16), _mm512_set1_epi16(second.1 as i16));
+        let whole = ids.len() - ids.len() % 32;
+        let mut start = 0;
+        while start < whole {
+            let x = _mm512_loadu_si512(ids.as_ptr().add(start).cast());
+            let mut mask = (_mm512_cmpge_epu16_mask(x, a0) & _mm512_cmple_epu16_mask(x, a1))
+                | (_mm512_cmpge_epu16_mask(x, b0) & _mm512_cmple_epu16_mask(x, b1));
+            while mask != 0 {
+                let lane = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if !visit(start + lane, ids[start + lane]) {
+                    return false;
+                }
+            }
+            start += 32;
+        }
+        for_each_in_ranges_portable(&ids[whole..], whole, first, second, visit)
+    }
+
     /// [`super::RowPasses::band_keys`], 16 items per step with AVX-512F: keys built as in
     /// [`tail_keys_avx512`], compressed with their buckets.
     ///
@@ -819,8 +864,14 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    /// Every build this CPU runs (AVX-512 also without its 16-bit lanes).
     fn all_passes() -> Vec<RowPasses> {
-        Kernel::available().into_iter().map(RowPasses::for_kernel).collect()
+        let mut passes: Vec<RowPasses> =
+            Kernel::available().into_iter().map(RowPasses::for_kernel).collect();
+        let without_bw: Vec<RowPasses> =
+            passes.iter().filter(|p| p.bw).map(|p| RowPasses { bw: false, ..*p }).collect();
+        passes.extend(without_bw);
+        passes
     }
 
     fn special(rng: &mut ChaCha8Rng, st: f32) -> f32 {
