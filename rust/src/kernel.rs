@@ -511,6 +511,60 @@ pub fn score_rows_gl(
     }
 }
 
+/// Queries [`score_rows_direct`] takes at most (one `f32` per lane of a 256-bit vector).
+pub const DIRECT_QUERIES: usize = 8;
+
+/// The few-query kernel on unpacked `f32` rows, where the CPU has AVX2 and FMA (`None`
+/// otherwise: then pack the rows for [`score_rows_gl`]).
+///
+/// `rows` holds whole rows of `d` values, row-major as the gallery stores them; `panel` a packed
+/// panel of `queries` queries (`1 ..= DIRECT_QUERIES`, packed by [`pack_panels`] with
+/// `lanes = queries`). Each (row, query) score is the same chain of FMAs over the features as in
+/// [`score_rows_gl`] and [`score_rows`], so the same `f32`: the queries run along the vector
+/// lanes instead of the rows, and the rows need no transposing copy. Row `r`'s scores are
+/// max-reduced into `tile[(first_row + r) / tokens]`, a row of `queries` values. Returns whether
+/// every value of `rows` is finite.
+///
+/// # Panics
+/// If `d` is 0, `rows` is not whole rows, `queries` is 0 or more than `DIRECT_QUERIES`, `panel`
+/// is shorter than `d * queries`, `tokens` is 0 or `tile` is too short for the rows.
+#[allow(clippy::too_many_arguments)]
+pub fn score_rows_direct(
+    kernel: Kernel,
+    d: usize,
+    rows: &[f32],
+    panel: &[f32],
+    queries: usize,
+    tile: &mut [f32],
+    first_row: usize,
+    tokens: usize,
+) -> Option<bool> {
+    assert!(
+        d > 0 && tokens > 0 && rows.len().is_multiple_of(d),
+        "score_rows_direct: bad row shape"
+    );
+    assert!(
+        (1..=DIRECT_QUERIES).contains(&queries) && panel.len() >= d * queries,
+        "score_rows_direct: {queries} queries or a panel of {} values for d = {d}",
+        panel.len()
+    );
+    let valid = rows.len() / d;
+    if valid > 0 {
+        let slots = first_row.checked_add(valid - 1).map(|last| last / tokens + 1);
+        assert!(
+            slots.and_then(|s| s.checked_mul(queries)).is_some_and(|n| n <= tile.len()),
+            "score_rows_direct: tile too short for rows {first_row}.. of {tokens}-token images"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel.simd() != Simd::Portable && Kernel::detect(Simd::Avx2).is_some() {
+        // SAFETY: AVX2 and FMA were detected; the asserts above bound every access.
+        return Some(unsafe { x86::avx2_direct(d, rows, panel, queries, tile, first_row, tokens) });
+    }
+    let _ = (kernel, first_row);
+    None
+}
+
 /// Max-reduces the scores of a few-query call (`acc[j][r]`: query `j`, row `r`) into the tile.
 #[inline]
 fn gl_epilogue<const ROWS: usize>(
@@ -636,6 +690,88 @@ mod x86 {
         gl_epilogue, Features, AVX2_GL_QUERIES, AVX2_GL_ROWS, AVX2_LANES, AVX2_ROWS,
         AVX512_GL_QUERIES, AVX512_GL_ROWS, AVX512_LANES, AVX512_ROWS, EXP32,
     };
+
+    /// Rows [`avx2_direct`] scores at a time: enough independent FMA chains to hide the FMA
+    /// latency, all sharing each load of the queries' values for one feature.
+    const DIRECT_ROWS: usize = 8;
+
+    /// [`super::score_rows_direct`] with AVX2 and FMA.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and the lengths `super::score_rows_direct` asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_direct(
+        d: usize,
+        rows: &[f32],
+        panel: &[f32],
+        queries: usize,
+        tile: &mut [f32],
+        first_row: usize,
+        tokens: usize,
+    ) -> bool {
+        let valid = rows.len() / d;
+        let lanes: [i32; 8] = std::array::from_fn(|l| if l < queries { -1 } else { 0 });
+        let mask = _mm256_loadu_si256(lanes.as_ptr().cast());
+        let mut r = 0;
+        while r < valid {
+            let block = if valid - r >= DIRECT_ROWS { DIRECT_ROWS } else { 1 };
+            let mut out = [[0.0f32; 8]; DIRECT_ROWS];
+            let (g, p) = (rows.as_ptr().add(r * d), panel.as_ptr());
+            if block == DIRECT_ROWS {
+                direct_rows::<DIRECT_ROWS>(d, g, p, queries, mask, &mut out);
+            } else {
+                direct_rows::<1>(d, g, p, queries, mask, &mut out);
+            }
+            for (i, scores) in out.iter().enumerate().take(block) {
+                let slot = (first_row + r + i) / tokens * queries;
+                for (t, &a) in tile[slot..slot + queries].iter_mut().zip(scores) {
+                    *t = t.max(a);
+                }
+            }
+            r += block;
+        }
+        // Finiteness, in a second read of the rows (now in cache).
+        let exp = _mm256_set1_epi32(EXP32 as i32);
+        let mut bad = _mm256_setzero_si256();
+        let whole = rows.len() - rows.len() % 8;
+        for at in (0..whole).step_by(8) {
+            let bits = _mm256_and_si256(_mm256_loadu_si256(rows.as_ptr().add(at).cast()), exp);
+            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(bits, exp));
+        }
+        _mm256_testz_si256(bad, bad) == 1 && rows[whole..].iter().all(|v| v.is_finite())
+    }
+
+    /// `R` rows of [`avx2_direct`] from `g` (row-major, `d` values each): their scores
+    /// against the panel's queries go to `out[i][..queries]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn direct_rows<const R: usize>(
+        d: usize,
+        g: *const f32,
+        p: *const f32,
+        queries: usize,
+        mask: __m256i,
+        out: &mut [[f32; 8]; DIRECT_ROWS],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for k in 0..d {
+            if k % 16 == 0 {
+                // The next rows' line at this feature (a prefetch reads nothing, cannot fault).
+                for i in 0..R {
+                    _mm_prefetch::<_MM_HINT_T0>(g.wrapping_add((R + i) * d + k).cast());
+                }
+            }
+            // Lanes past `queries` are not read (the masked load) and stay unused.
+            let q = _mm256_maskload_ps(p.add(k * queries), mask);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(*g.add(i * d + k)), q, *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(o.as_mut_ptr(), *a);
+        }
+    }
 
     /// 16 independent zmm FMA chains per iteration; returns the lane count.
     ///
@@ -858,8 +994,11 @@ mod x86 {
             let mask: __mmask16 = ((1u32 << width) - 1) as __mmask16;
             for k0 in (0..full).step_by(16) {
                 let mut v = [_mm512_setzero_ps(); 16];
-                for i in 0..16 {
-                    prefetch(src, (slab + i + PREFETCH_ROWS) * d + k0);
+                // One line per row, PREFETCH_ROWS rows ahead; the next row is d values on.
+                let mut ahead = (slab + PREFETCH_ROWS) * d + k0;
+                for _ in 0..16 {
+                    prefetch(src, ahead);
+                    ahead += d;
                 }
                 for (i, vi) in v.iter_mut().enumerate().take(present) {
                     *vi = load16(src, (slab + i) * d + k0);
@@ -1301,6 +1440,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_direct_few_query_kernel_reproduces_the_reference_chain_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let mut ran = false;
+        for kernel in Kernel::available() {
+            for queries in 1..=DIRECT_QUERIES {
+                for &(d, tokens) in &[(1usize, 1usize), (3, 2), (17, 3), (64, 8), (256, 32)] {
+                    // Fewer rows than one block of the vector build, several blocks and a rest.
+                    for valid in [0usize, 1, 7, 8, 19] {
+                        let gallery: Vec<f32> =
+                            (0..valid * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                        let qs: Vec<f32> =
+                            (0..queries * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                        let panel = pack_panels(&qs, queries, d, queries).unwrap();
+                        for first_row in [0, 1, tokens] {
+                            let slots = (first_row + valid) / tokens + 1;
+                            let mut tile = vec![f32::NEG_INFINITY; slots * queries];
+                            let Some(finite) = score_rows_direct(
+                                kernel, d, &gallery, &panel, queries, &mut tile, first_row, tokens,
+                            ) else {
+                                assert_eq!(kernel.simd(), Simd::Portable);
+                                continue;
+                            };
+                            ran = true;
+                            assert!(finite);
+                            let mut want = vec![f32::NEG_INFINITY; slots * queries];
+                            for r in 0..valid {
+                                for l in 0..queries {
+                                    let s = dot_chain(
+                                        &gallery[r * d..(r + 1) * d],
+                                        &qs[l * d..(l + 1) * d],
+                                    );
+                                    let slot = &mut want[(first_row + r) / tokens * queries + l];
+                                    *slot = slot.max(s);
+                                }
+                            }
+                            assert!(
+                                tile.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{kernel:?} q={queries} d={d} t={tokens} first={first_row} valid={valid}"
+                            );
+                            // A NaN or an infinity anywhere in the rows is reported.
+                            if valid > 0 {
+                                for bad in [f32::NAN, f32::NEG_INFINITY] {
+                                    let mut g = gallery.clone();
+                                    let at = rng.random_range(0..g.len());
+                                    g[at] = bad;
+                                    let mut tile = vec![f32::NEG_INFINITY; slots * queries];
+                                    let finite = score_rows_direct(
+                                        kernel, d, &g, &panel, queries, &mut tile, first_row,
+                                        tokens,
+                                    );
+                                    assert_eq!(finite, Some(false), "{kernel:?} d={d} at {at}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(ran || Kernel::best().simd() == Simd::Portable);
     }
 
     #[test]

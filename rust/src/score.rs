@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use crate::error::{try_filled, try_reserve, QureError, Result};
 pub use crate::kernel::Features;
 use crate::kernel::{
-    above_masks, pack_group, pack_panels, score_rows, score_rows_gl, Kernel, MAX_LANES,
+    above_masks, pack_group, pack_panels, score_rows, score_rows_direct, score_rows_gl, Kernel,
+    DIRECT_QUERIES, MAX_LANES,
 };
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
@@ -232,9 +233,23 @@ impl<'a> Scorer<'a> {
             if single {
                 let tile = &mut tile[..n_items * lanes];
                 tile.fill(f32::NEG_INFINITY);
-                for g in 0..n_groups {
-                    finite &= pack(g, &mut packed_block);
-                    score_group(panels.start, &packed_block, tile, g, n_rows);
+                // Few queries against f32 rows: scored as they are stored, no packing copy.
+                let direct = match block {
+                    Features::F32(block_rows) if self.few && lanes <= DIRECT_QUERIES => {
+                        let panel = panels.start;
+                        let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
+                        score_rows_direct(self.kernel, d, block_rows, queries, lanes, tile, 0, t)
+                    }
+                    _ => None,
+                };
+                match direct {
+                    Some(ok) => finite = ok,
+                    None => {
+                        for g in 0..n_groups {
+                            finite &= pack(g, &mut packed_block);
+                            score_group(panels.start, &packed_block, tile, g, n_rows);
+                        }
+                    }
                 }
             } else {
                 for (g, packed) in
@@ -1151,16 +1166,18 @@ mod tests {
         // 2e19 * 2e19 = 4e38 > f32::MAX; a fused step adds the exact product to an infinite
         // sum, so the chain stays +-inf and never turns NaN.
         let big = 2e19f32;
-        let rows = 40; // more than one panel of every kernel
-        let q: Vec<f32> = (0..rows).flat_map(|_| [big, big]).collect();
-        let queries = Queries { data: &q, rows, dim: 2 };
-        let g = [big, -big, -big, big, 0.5, 0.25];
-        let want = [f32::INFINITY, f32::NEG_INFINITY, dot_chain(&g[4..], &q[..2])];
-        for kernel in Kernel::available() {
-            let gallery = Gallery { data: Features::F32(&g), items: 3, tokens: 1, dim: 2 };
-            let got = Scorer::with_kernel(queries, gallery, kernel).unwrap().score_rows(0..rows);
-            for row in got.unwrap().chunks_exact(3) {
-                assert_eq!(row, want, "{kernel:?}");
+        // More than one panel of every kernel, and few queries (the few-query kernels).
+        for rows in [40, 3] {
+            let q: Vec<f32> = (0..rows).flat_map(|_| [big, big]).collect();
+            let queries = Queries { data: &q, rows, dim: 2 };
+            let g = [big, -big, -big, big, 0.5, 0.25];
+            let want = [f32::INFINITY, f32::NEG_INFINITY, dot_chain(&g[4..], &q[..2])];
+            for kernel in Kernel::available() {
+                let gallery = Gallery { data: Features::F32(&g), items: 3, tokens: 1, dim: 2 };
+                let scorer = Scorer::with_kernel(queries, gallery, kernel).unwrap();
+                for row in scorer.score_rows(0..rows).unwrap().chunks_exact(3) {
+                    assert_eq!(row, want, "{kernel:?} {rows} queries");
+                }
             }
         }
     }
