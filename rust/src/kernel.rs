@@ -565,6 +565,27 @@ pub fn score_rows_direct(
     None
 }
 
+/// `src` widened exactly to `f32` into `out` (as long as `src`: checked, panics otherwise).
+pub fn widen_into(kernel: Kernel, src: Features<'_>, out: &mut [f32]) {
+    assert_eq!(src.len(), out.len(), "widen_into: lengths differ");
+    if let Features::F32(s) = src {
+        out.copy_from_slice(s);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel.simd() != Simd::Portable {
+        // SAFETY: a vector kernel exists only where AVX2 and F16C (or AVX-512F, whose CPUs have
+        // both, checked again here) were detected; the lengths are equal.
+        if Kernel::detect(Simd::Avx2).is_some() {
+            unsafe { x86::widen_avx2(src, out) };
+            return;
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = src.get(i);
+    }
+}
+
 /// Max-reduces the scores of a few-query call (`acc[j][r]`: query `j`, row `r`) into the tile.
 #[inline]
 fn gl_epilogue<const ROWS: usize>(
@@ -713,9 +734,21 @@ mod x86 {
         let valid = rows.len() / d;
         let lanes: [i32; 8] = std::array::from_fn(|l| if l < queries { -1 } else { 0 });
         let mask = _mm256_loadu_si256(lanes.as_ptr().cast());
+        let exp = _mm256_set1_epi32(EXP32 as i32);
+        let mut bad = _mm256_setzero_si256();
         let mut r = 0;
         while r < valid {
             let block = if valid - r >= DIRECT_ROWS { DIRECT_ROWS } else { 1 };
+            // Finiteness, from the rows just read (in L1).
+            let span = &rows[r * d..(r + block) * d];
+            let whole = span.len() - span.len() % 8;
+            for at in (0..whole).step_by(8) {
+                let bits = _mm256_and_si256(_mm256_loadu_si256(span.as_ptr().add(at).cast()), exp);
+                bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(bits, exp));
+            }
+            if !span[whole..].iter().all(|v| v.is_finite()) {
+                bad = _mm256_set1_epi32(-1);
+            }
             let mut out = [[0.0f32; 8]; DIRECT_ROWS];
             let (g, p) = (rows.as_ptr().add(r * d), panel.as_ptr());
             if block == DIRECT_ROWS {
@@ -731,15 +764,7 @@ mod x86 {
             }
             r += block;
         }
-        // Finiteness, in a second read of the rows (now in cache).
-        let exp = _mm256_set1_epi32(EXP32 as i32);
-        let mut bad = _mm256_setzero_si256();
-        let whole = rows.len() - rows.len() % 8;
-        for at in (0..whole).step_by(8) {
-            let bits = _mm256_and_si256(_mm256_loadu_si256(rows.as_ptr().add(at).cast()), exp);
-            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(bits, exp));
-        }
-        _mm256_testz_si256(bad, bad) == 1 && rows[whole..].iter().all(|v| v.is_finite())
+        _mm256_testz_si256(bad, bad) == 1
     }
 
     /// `R` rows of [`avx2_direct`] from `g` (row-major, `d` values each): their scores
@@ -759,7 +784,7 @@ mod x86 {
             if k % 16 == 0 {
                 // The next rows' line at this feature (a prefetch reads nothing, cannot fault).
                 for i in 0..R {
-                    _mm_prefetch::<_MM_HINT_T0>(g.wrapping_add((R + i) * d + k).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(g.wrapping_add((2 * R + i) * d + k).cast());
                 }
             }
             // Lanes past `queries` are not read (the masked load) and stay unused.
@@ -1053,6 +1078,21 @@ mod x86 {
                 let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().add(at).cast()));
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
             }
+        }
+    }
+
+    /// `super::widen_into` for half precision, 8 values at a time.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `src.len() == out.len()`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn widen_avx2(src: Features<'_>, out: &mut [f32]) {
+        let whole = out.len() - out.len() % 8;
+        for at in (0..whole).step_by(8) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(at), load8(src, at));
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(whole) {
+            *o = src.get(i);
         }
     }
 

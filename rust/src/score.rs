@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use crate::error::{try_filled, try_reserve, QureError, Result};
 pub use crate::kernel::Features;
 use crate::kernel::{
-    above_masks, pack_group, pack_panels, score_rows, score_rows_direct, score_rows_gl, Kernel,
-    DIRECT_QUERIES, MAX_LANES,
+    above_masks, pack_group, pack_panels, score_rows, score_rows_direct, score_rows_gl, widen_into,
+    Kernel, DIRECT_QUERIES, MAX_LANES,
 };
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
@@ -233,14 +233,32 @@ impl<'a> Scorer<'a> {
             if single {
                 let tile = &mut tile[..n_items * lanes];
                 tile.fill(f32::NEG_INFINITY);
-                // Few queries against f32 rows: scored as they are stored, no packing copy.
+                // Few queries: scored from the rows as they are stored (f32) or widened a group
+                // at a time (half precision), with no transposing pack.
+                let panel = panels.start;
+                let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
                 let direct = match block {
-                    Features::F32(block_rows) if self.few && lanes <= DIRECT_QUERIES => {
-                        let panel = panels.start;
-                        let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
+                    _ if !(self.few && lanes <= DIRECT_QUERIES) => None,
+                    Features::F32(block_rows) => {
                         score_rows_direct(self.kernel, d, block_rows, queries, lanes, tile, 0, t)
                     }
-                    _ => None,
+                    _ => {
+                        let mut all = Some(true);
+                        for g in 0..n_groups {
+                            let end = ((g + 1) * rows).min(n_rows);
+                            let group = &mut packed_block[..(end - g * rows) * d];
+                            widen_into(self.kernel, block.slice(g * rows * d..end * d), group);
+                            let first_row = g * rows;
+                            let k = self.kernel;
+                            all =
+                                score_rows_direct(k, d, group, queries, lanes, tile, first_row, t)
+                                    .and_then(|ok| all.map(|a| a && ok));
+                            if all.is_none() {
+                                break;
+                            }
+                        }
+                        all
+                    }
                 };
                 match direct {
                     Some(ok) => finite = ok,
