@@ -1545,6 +1545,25 @@ mod tests {
     }
 
     #[test]
+    fn widening_is_exact_in_every_kernel() {
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        for len in [0usize, 1, 7, 8, 9, 100] {
+            let bits: Vec<u16> = (0..len).map(|_| rng.random()).collect();
+            for src in [Features::F16(&bits), Features::Bf16(&bits)] {
+                for kernel in Kernel::available() {
+                    let mut out = vec![0.0f32; len];
+                    widen_into(kernel, src, &mut out);
+                    for (i, &v) in out.iter().enumerate() {
+                        let want = src.get(i);
+                        let same = v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan());
+                        assert!(same, "{kernel:?} {} {i}: {v} vs {want}", src.dtype());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn candidate_masks_match_the_scalar_comparison() {
         let mut rng = ChaCha8Rng::seed_from_u64(21);
         let portable = Kernel::detect(Simd::Portable).unwrap();
