@@ -383,7 +383,8 @@ pub fn dot_chain(a: &[f32], b: &[f32]) -> f32 {
 /// `gallery` holds `kernel.rows()` rows of `d` features packed by [`pack_group`],
 /// `panel` a packed panel of `kernel.lanes()` queries. For each of the first `valid` rows `r`,
 /// the scores of row `first_row + r` are max-reduced into `tile[(first_row + r) / tokens]`, a
-/// row of `lanes` values.
+/// row of `lanes` values; with one token per image (`tokens == 1`) each row has its own tile row,
+/// which is overwritten (no read, so the tile needs no filling first).
 ///
 /// # Panics
 /// If the slices are shorter than the call needs, `valid > kernel.rows()` or `tokens == 0`
@@ -450,7 +451,7 @@ fn portable(
     for (r, acc_row) in acc.iter().enumerate().take(valid) {
         let slot = (first_row + r) / tokens * LANES;
         for (t, &a) in tile[slot..slot + LANES].iter_mut().zip(acc_row) {
-            *t = t.max(a);
+            *t = if tokens == 1 { a } else { t.max(a) };
         }
     }
 }
@@ -461,7 +462,8 @@ fn portable(
 /// `panel` a packed panel of `queries` queries (`1 ..= kernel.gl_queries()`, packed by
 /// [`pack_panels`] with `lanes = queries`). For each of the first `valid` rows `r`, the scores of
 /// row `first_row + r` are max-reduced into `tile[(first_row + r) / tokens]`, a row of `queries`
-/// values. Gallery rows run along the vector lanes, so no lane is spent on absent queries.
+/// values (overwritten when `tokens == 1`, as in [`score_rows`]). Gallery rows run along the
+/// vector lanes, so no lane is spent on absent queries.
 ///
 /// # Panics
 /// As [`score_rows`], and if `queries` is 0 or more than `kernel.gl_queries()`.
@@ -522,8 +524,8 @@ pub const DIRECT_QUERIES: usize = 8;
 /// `lanes = queries`). Each (row, query) score is the same chain of FMAs over the features as in
 /// [`score_rows_gl`] and [`score_rows`], so the same `f32`: the queries run along the vector
 /// lanes instead of the rows, and the rows need no transposing copy. Row `r`'s scores are
-/// max-reduced into `tile[(first_row + r) / tokens]`, a row of `queries` values. Returns whether
-/// every value of `rows` is finite.
+/// max-reduced into `tile[(first_row + r) / tokens]`, a row of `queries` values (overwritten when
+/// `tokens == 1`, as in [`score_rows`]). Returns whether every value of `rows` is finite.
 ///
 /// # Panics
 /// If `d` is 0, `rows` is not whole rows, `queries` is 0 or more than `DIRECT_QUERIES`, `panel`
@@ -599,7 +601,7 @@ fn gl_epilogue<const ROWS: usize>(
     for r in 0..valid {
         let slot = &mut tile[(first_row + r) / tokens * queries..][..queries];
         for (t, row) in slot.iter_mut().zip(acc) {
-            *t = t.max(row[r]);
+            *t = if tokens == 1 { row[r] } else { t.max(row[r]) };
         }
     }
 }
@@ -759,7 +761,7 @@ mod x86 {
             for (i, scores) in out.iter().enumerate().take(block) {
                 let slot = (first_row + r + i) / tokens * queries;
                 for (t, &a) in tile[slot..slot + queries].iter_mut().zip(scores) {
-                    *t = t.max(a);
+                    *t = if tokens == 1 { a } else { t.max(a) };
                 }
             }
             r += block;
@@ -873,9 +875,14 @@ mod x86 {
                 if token == tokens {
                     (image, token) = (image + 1, 0);
                 }
-                _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[0]));
-                let slot = slot.add(HALF);
-                _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[1]));
+                if tokens == 1 {
+                    _mm512_storeu_ps(slot, acc_row[0]);
+                    _mm512_storeu_ps(slot.add(HALF), acc_row[1]);
+                } else {
+                    _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[0]));
+                    let slot = slot.add(HALF);
+                    _mm512_storeu_ps(slot, _mm512_max_ps(_mm512_loadu_ps(slot), acc_row[1]));
+                }
             }
         }
     }
@@ -919,9 +926,14 @@ mod x86 {
                 if token == tokens {
                     (image, token) = (image + 1, 0);
                 }
-                _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[0]));
-                let slot = slot.add(HALF);
-                _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[1]));
+                if tokens == 1 {
+                    _mm256_storeu_ps(slot, acc_row[0]);
+                    _mm256_storeu_ps(slot.add(HALF), acc_row[1]);
+                } else {
+                    _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[0]));
+                    let slot = slot.add(HALF);
+                    _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc_row[1]));
+                }
             }
         }
     }

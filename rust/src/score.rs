@@ -232,7 +232,9 @@ impl<'a> Scorer<'a> {
             let mut finite = true;
             if single {
                 let tile = &mut tile[..n_items * lanes];
-                tile.fill(f32::NEG_INFINITY);
+                if t > 1 {
+                    tile.fill(f32::NEG_INFINITY); // max over tokens (one token: overwritten)
+                }
                 // Few queries: scored from the rows as they are stored (f32) or widened a group
                 // at a time (half precision), with no transposing pack.
                 let panel = panels.start;
@@ -282,7 +284,9 @@ impl<'a> Scorer<'a> {
             for panel in panels.clone() {
                 let tile = &mut tile[..n_items * lanes];
                 if !single {
-                    tile.fill(f32::NEG_INFINITY);
+                    if t > 1 {
+                        tile.fill(f32::NEG_INFINITY);
+                    }
                     for (g, group) in packed_block.chunks_exact(rows * d).take(n_groups).enumerate()
                     {
                         score_group(panel, group, tile, g, n_rows);
@@ -581,25 +585,47 @@ fn offer_tile(
     masks.clear();
     masks.resize(tile.items, 0);
     above_masks(kernel, tile.scores, lanes, &bounds[..lanes], masks);
-    for (i, (row, &mask)) in tile.scores.chunks_exact(lanes).zip(masks.iter()).enumerate() {
-        let mut mask = mask;
-        let item = tile.first_item + i;
-        while mask != 0 {
-            let l = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            if l >= tile.queries {
-                break;
-            }
-            let heap = &mut heaps[l];
-            if row[l] < heap.bound_score {
-                continue; // the bound rose since the mask was taken
-            }
-            let key = rank_key(row[l], item as u32);
-            if key >= heap.bound || skip(l, item, key) {
-                continue;
-            }
-            heap.push(key, k);
+    // Rows that beat no bound are skipped 64 at a time (once the bounds have risen, most rows).
+    for (c, chunk) in masks.chunks(64).enumerate() {
+        let mut rows_hit =
+            chunk.iter().enumerate().fold(0u64, |hit, (b, &m)| hit | (u64::from(m != 0) << b));
+        while rows_hit != 0 {
+            let i = c * 64 + rows_hit.trailing_zeros() as usize;
+            rows_hit &= rows_hit - 1;
+            offer_row(tile, heaps, k, &mut skip, i, masks[i]);
         }
+    }
+}
+
+/// Offers row `i` of `tile` to the heaps of the lanes set in `mask` ([`offer_tile`]).
+#[inline(always)]
+fn offer_row(
+    tile: &Tile<'_>,
+    heaps: &mut [Heap],
+    k: usize,
+    skip: &mut impl FnMut(usize, usize, u64) -> bool,
+    i: usize,
+    mask: u64,
+) {
+    let lanes = tile.lanes;
+    let row = &tile.scores[i * lanes..(i + 1) * lanes];
+    let item = tile.first_item + i;
+    let mut mask = mask;
+    while mask != 0 {
+        let l = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        if l >= tile.queries {
+            break;
+        }
+        let heap = &mut heaps[l];
+        if row[l] < heap.bound_score {
+            continue; // the bound rose since the mask was taken
+        }
+        let key = rank_key(row[l], item as u32);
+        if key >= heap.bound || skip(l, item, key) {
+            continue;
+        }
+        heap.push(key, k);
     }
 }
 
