@@ -5,6 +5,8 @@ query, 2 threads for everyone, same process, same data.
 
 Against the physical floor, one read of the score matrix (``torch.amax(scores, dim=1)``, same
 threads): Q=2048 x N=16384 with targets where a trained model puts them (rank 10) and at random.
+The rank-10 rows are also timed in two groups, those whose bands hold most of the row and the
+others, each against its own streaming pass: the wide bands must be sorted and written out.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from reference import released_loop
 
 import qure
 
-from .conftest import SMALL, per_unit, record
+from .conftest import SMALL, STREAMING_PASS, per_unit, record
 
 Q, N, D = (256, 2048, 64) if SMALL else (4096, 16384, 256)
 LOOP_QUERIES = 32 if SMALL else 256  # the Python loop is timed on a prefix of the queries
@@ -147,3 +149,37 @@ def test_mine_vs_one_pass_amax(benchmark, floor_problem, targets):
         _ms(per_unit(benchmark, FLOOR_Q)),
         "ms/query",
     )
+
+
+@pytest.fixture(scope="module")
+def rank10_split(floor_problem):
+    """The rank-10 rows split by their band: more than half the row, or not."""
+    scores, target_sets = floor_problem
+    targets = target_sets["rank 10"]
+    wide = qure.mine_negatives(scores, targets).sizes > scores.shape[1] // 2
+    return {
+        name: (np.ascontiguousarray(scores[rows]), targets[rows])
+        for name, rows in (("wide bands", wide), ("short bands", ~wide))
+    }
+
+
+@pytest.mark.parametrize("part", ["wide bands", "short bands"])
+def test_mine_rank10_split_qure(benchmark, rank10_split, part):
+    scores, targets = rank10_split[part]
+    if len(targets) == 0:
+        pytest.skip(f"no rank-10 row has {part} at this size")
+    benchmark.pedantic(qure.mine_negatives, args=(scores, targets), rounds=5, warmup_rounds=1)
+    group = f"mining vs one pass, rank-10 rows with {part}"
+    record(group, "qure", _ms(per_unit(benchmark, len(targets))), "ms/query")
+
+
+@pytest.mark.parametrize("part", ["wide bands", "short bands"])
+def test_mine_rank10_split_amax(benchmark, rank10_split, part):
+    torch = pytest.importorskip("torch")
+    scores, targets = rank10_split[part]
+    if len(targets) == 0:
+        pytest.skip(f"no rank-10 row has {part} at this size")
+    tensor = torch.from_numpy(scores)
+    benchmark.pedantic(torch.amax, args=(tensor,), kwargs={"dim": 1}, rounds=10, warmup_rounds=1)
+    group = f"mining vs one pass, rank-10 rows with {part}"
+    record(group, STREAMING_PASS, _ms(per_unit(benchmark, len(targets))), "ms/query")
