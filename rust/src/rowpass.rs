@@ -396,9 +396,81 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    /// [`super::RowPasses::tail_keys`], 16 items per step with AVX-512F: the keys are built in
-    /// vectors (the high half is the score's bits with all but the sign flipped for positive
-    /// scores, which is `!f32_to_ordered`), compressed to the tail's and stored whole.
+    /// Lane `l` is `l`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lane_numbers() -> __m512i {
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    }
+
+    /// The lanes of `v`, the scores of items `start..start + 16`, whose value is NaN or infinite.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn non_finite_lanes(v: __m512) -> __mmask16 {
+        let exponent = _mm512_set1_epi32(0x7f80_0000);
+        _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), exponent), exponent)
+    }
+
+    /// The lanes of `v`, the scores of items `start..start + 16`, in the tail of the row whose
+    /// target `target` scores `hi`: below it, or equal to it after the target.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tail_lanes(v: __m512, hi: __m512, target: usize, start: usize) -> __mmask16 {
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hi);
+        let equal = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, hi);
+        // j > target for lane l: l > target - start (as a signed lane compare, clamped).
+        let after = if target < start {
+            0xffff
+        } else if target - start >= 16 {
+            0
+        } else {
+            _mm512_cmpgt_epi32_mask(lane_numbers(), _mm512_set1_epi32((target - start) as i32))
+        };
+        below | (equal & after)
+    }
+
+    /// Writes the rank keys of the lanes of `v` (the scores of items `start..start + 16`) set
+    /// in `mask`, in lane order, to `out[len..]`, and returns the new length. The keys are built
+    /// in vectors (the high half is the score's bits with all but the sign flipped for positive
+    /// scores, which is `!f32_to_ordered`), compressed and stored 8 at a time, whole.
+    ///
+    /// # Safety
+    /// AVX-512F and POPCNT; `out[len..len + 16]` is writable; `start + 16` fits `u32`.
+    #[inline]
+    #[target_feature(enable = "avx512f,popcnt")]
+    unsafe fn store_rank_keys(
+        out: *mut MaybeUninit<u64>,
+        mut len: usize,
+        v: __m512,
+        start: usize,
+        mask: __mmask16,
+    ) -> usize {
+        // -0.0 + 0.0 = +0.0: both zeros get one key, as in `f32_to_ordered`.
+        let bits = _mm512_castps_si512(_mm512_add_ps(v, _mm512_setzero_ps()));
+        let negative = _mm512_srai_epi32::<31>(bits);
+        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+        let high = _mm512_xor_si512(bits, _mm512_andnot_si512(negative, magnitude));
+        // Indices wrap as u32 lanes and are widened unsigned.
+        let index = _mm512_add_epi32(_mm512_set1_epi32(start as u32 as i32), lane_numbers());
+        for half in 0..2 {
+            let (h, i) = if half == 0 {
+                (_mm512_castsi512_si256(high), _mm512_castsi512_si256(index))
+            } else {
+                (_mm512_extracti64x4_epi64::<1>(high), _mm512_extracti64x4_epi64::<1>(index))
+            };
+            let key = _mm512_or_si512(
+                _mm512_slli_epi64::<32>(_mm512_cvtepu32_epi64(h)),
+                _mm512_cvtepu32_epi64(i),
+            );
+            let lanes = (mask >> (8 * half)) as u8;
+            // The first half wrote at most 8: these 8 slots end by the 16 the caller has.
+            _mm512_storeu_si512(out.add(len).cast(), _mm512_maskz_compress_epi64(lanes, key));
+            len += lanes.count_ones() as usize;
+        }
+        len
+    }
+
+    /// [`super::RowPasses::tail_keys`], 16 items per step with AVX-512F ([`store_rank_keys`]).
     ///
     /// # Safety
     /// The CPU must support AVX-512F and POPCNT; `keys` holds `row.len() + KEY_SLACK` slots and the row
@@ -413,51 +485,15 @@ mod x86 {
         let whole = n - n % 16;
         let st = row[target];
         let hi = _mm512_set1_ps(st);
-        let zero = _mm512_setzero_ps();
-        let exponent = _mm512_set1_epi32(0x7f80_0000);
-        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let out = keys.as_mut_ptr();
         let mut len = 0usize;
         let mut bad: __mmask16 = 0;
         let mut start = 0;
         while start < whole {
             let v = _mm512_loadu_ps(row.as_ptr().add(start));
-            bad |= _mm512_cmpeq_epi32_mask(
-                _mm512_and_si512(_mm512_castps_si512(v), exponent),
-                exponent,
-            );
-            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hi);
-            let equal = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, hi);
-            let after = if target < start {
-                0xffff
-            } else if target - start >= 16 {
-                0
-            } else {
-                _mm512_cmpgt_epi32_mask(lane, _mm512_set1_epi32((target - start) as i32))
-            };
-            let in_tail = below | (equal & after);
-            // -0.0 + 0.0 = +0.0: both zeros get one key, as in `f32_to_ordered`.
-            let bits = _mm512_castps_si512(_mm512_add_ps(v, zero));
-            let negative = _mm512_srai_epi32::<31>(bits);
-            let high = _mm512_xor_si512(bits, _mm512_andnot_si512(negative, magnitude));
-            // Indices wrap as u32 lanes and are widened unsigned: n fits u32.
-            let index = _mm512_add_epi32(_mm512_set1_epi32(start as u32 as i32), lane);
-            for half in 0..2 {
-                let (h, i) = if half == 0 {
-                    (_mm512_castsi512_si256(high), _mm512_castsi512_si256(index))
-                } else {
-                    (_mm512_extracti64x4_epi64::<1>(high), _mm512_extracti64x4_epi64::<1>(index))
-                };
-                let key = _mm512_or_si512(
-                    _mm512_slli_epi64::<32>(_mm512_cvtepu32_epi64(h)),
-                    _mm512_cvtepu32_epi64(i),
-                );
-                let mask = (in_tail >> (8 * half)) as u8;
-                // len <= start + 8 * half, so the 8 slots written end by n + 8 <= keys.len().
-                _mm512_storeu_si512(out.add(len).cast(), _mm512_maskz_compress_epi64(mask, key));
-                len += mask.count_ones() as usize;
-            }
+            bad |= non_finite_lanes(v);
+            // len <= start, so the 16 slots written end by n <= keys.len().
+            len = store_rank_keys(out, len, v, start, tail_lanes(v, hi, target, start));
             start += 16;
         }
         let (rest, rest_finite) =
@@ -483,35 +519,16 @@ mod x86 {
         let hi = _mm512_set1_ps(map.hi);
         let scale = _mm512_set1_ps(map.scale);
         let last = _mm512_set1_ps(map.last);
-        let exponent = _mm512_set1_epi32(0x7f80_0000);
         // Spare slot of lane l: spare + l (blocks start at multiples of 16, so l = j % 16).
-        let spare_ids = _mm512_add_epi32(
-            _mm512_set1_epi32(i32::from(spare)),
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        );
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let spare_ids = _mm512_add_epi32(_mm512_set1_epi32(i32::from(spare)), lane_numbers());
         let top = _mm512_set1_epi32(i32::from(spare) + SPARE_SLOTS as i32 - 1);
-        // Indices fit i32 after subtracting the target: lanes after the target have j - target > 0.
         let mut tail = 0usize;
         let mut bad: __mmask16 = 0;
         let mut start = 0;
         while start < whole {
             let v = _mm512_loadu_ps(row.as_ptr().add(start));
-            bad |= _mm512_cmpeq_epi32_mask(
-                _mm512_and_si512(_mm512_castps_si512(v), exponent),
-                exponent,
-            );
-            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hi);
-            let equal = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, hi);
-            // j > target for lane l: l > target - start (as a signed lane compare, clamped).
-            let after = if target < start {
-                0xffff
-            } else if target - start >= 16 {
-                0
-            } else {
-                _mm512_cmpgt_epi32_mask(lane, _mm512_set1_epi32((target - start) as i32))
-            };
-            let in_tail = below | (equal & after);
+            bad |= non_finite_lanes(v);
+            let in_tail = tail_lanes(v, hi, target, start);
             tail += in_tail.count_ones() as usize;
             let scaled = _mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(hi, v), scale), last);
             let bucket = _mm512_mask_blend_epi32(in_tail, spare_ids, _mm512_cvttps_epi32(scaled));
@@ -687,8 +704,8 @@ mod x86 {
         for_each_in_ranges_portable(&ids[whole..], whole, first, second, visit)
     }
 
-    /// [`super::RowPasses::band_keys`], 16 items per step with AVX-512F: keys built as in
-    /// [`tail_keys_avx512`], compressed with their buckets.
+    /// [`super::RowPasses::band_keys`], 16 items per step with AVX-512F: the keys by
+    /// [`store_rank_keys`], the buckets compressed beside them.
     ///
     /// # Safety
     /// The CPU must support AVX-512F and POPCNT; `ids` is as long as `row`, `keys` and
@@ -707,9 +724,6 @@ mod x86 {
         let (lo, hi) = (_mm512_set1_ps(low), _mm512_set1_ps(high));
         let first = _mm512_set1_epi32(i32::from(range.0));
         let last = _mm512_set1_epi32(i32::from(range.1));
-        let zero = _mm512_setzero_ps();
-        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let (key_out, bucket_out) = (keys.as_mut_ptr(), buckets.as_mut_ptr());
         let mut len = 0usize;
         let mut start = 0;
@@ -721,35 +735,12 @@ mod x86 {
                 let hit = inside
                     & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo)
                     & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, hi);
-                let bits = _mm512_castps_si512(_mm512_add_ps(v, zero));
-                let negative = _mm512_srai_epi32::<31>(bits);
-                let high_half = _mm512_xor_si512(bits, _mm512_andnot_si512(negative, magnitude));
-                let index = _mm512_add_epi32(_mm512_set1_epi32(start as u32 as i32), lane);
-                // len <= start, so the 16 slots written end by n + 16 <= the buffers' lengths.
+                // len <= start, so the 16 slots written end by n <= the buffers' lengths.
                 _mm512_storeu_si512(
                     bucket_out.add(len).cast(),
                     _mm512_maskz_compress_epi32(hit, id),
                 );
-                for half in 0..2 {
-                    let (h, i) = if half == 0 {
-                        (_mm512_castsi512_si256(high_half), _mm512_castsi512_si256(index))
-                    } else {
-                        (
-                            _mm512_extracti64x4_epi64::<1>(high_half),
-                            _mm512_extracti64x4_epi64::<1>(index),
-                        )
-                    };
-                    let key = _mm512_or_si512(
-                        _mm512_slli_epi64::<32>(_mm512_cvtepu32_epi64(h)),
-                        _mm512_cvtepu32_epi64(i),
-                    );
-                    let mask = (hit >> (8 * half)) as u8;
-                    _mm512_storeu_si512(
-                        key_out.add(len).cast(),
-                        _mm512_maskz_compress_epi64(mask, key),
-                    );
-                    len += mask.count_ones() as usize;
-                }
+                len = store_rank_keys(key_out, len, v, start, hit);
             }
             start += 16;
         }
