@@ -1341,17 +1341,15 @@ mod tests {
                             &mut group,
                         );
                         score_rows(kernel, d, &group, &panel, &mut tile, first_row, tokens, valid);
-                        let mut want = vec![f32::NEG_INFINITY; slots * lanes];
-                        for r in 0..valid {
-                            for l in 0..lanes {
-                                let s = dot_chain(
-                                    &gallery[r * d..(r + 1) * d],
-                                    &queries[l * d..(l + 1) * d],
-                                );
-                                let slot = &mut want[(first_row + r) / tokens * lanes + l];
-                                *slot = slot.max(s);
-                            }
-                        }
+                        let want = reference_tile(
+                            &gallery[..valid * d],
+                            &queries,
+                            d,
+                            lanes,
+                            tokens,
+                            first_row,
+                            slots,
+                        );
                         let same = tile
                             .iter()
                             .zip(&want)
@@ -1449,6 +1447,28 @@ mod tests {
         }
     }
 
+    /// The tile a kernel call should leave: each of `gallery`'s rows (`first_row..`) against
+    /// each of the `width` queries by [`dot_chain`], max-reduced into its image's row of
+    /// `slots` rows.
+    fn reference_tile(
+        gallery: &[f32],
+        queries: &[f32],
+        d: usize,
+        width: usize,
+        tokens: usize,
+        first_row: usize,
+        slots: usize,
+    ) -> Vec<f32> {
+        let mut want = vec![f32::NEG_INFINITY; slots * width];
+        for (r, row) in gallery.chunks_exact(d).enumerate() {
+            for (l, query) in queries.chunks_exact(d).take(width).enumerate() {
+                let slot = &mut want[(first_row + r) / tokens * width + l];
+                *slot = slot.max(dot_chain(row, query));
+            }
+        }
+        want
+    }
+
     #[test]
     fn the_few_query_kernel_reproduces_the_reference_chain_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(13);
@@ -1472,17 +1492,15 @@ mod tests {
                                 kernel, d, &group, &panel, queries, &mut tile, first_row, tokens,
                                 valid,
                             );
-                            let mut want = vec![f32::NEG_INFINITY; slots * queries];
-                            for r in 0..valid {
-                                for l in 0..queries {
-                                    let s = dot_chain(
-                                        &gallery[r * d..(r + 1) * d],
-                                        &qs[l * d..(l + 1) * d],
-                                    );
-                                    let slot = &mut want[(first_row + r) / tokens * queries + l];
-                                    *slot = slot.max(s);
-                                }
-                            }
+                            let want = reference_tile(
+                                &gallery[..valid * d],
+                                &qs,
+                                d,
+                                queries,
+                                tokens,
+                                first_row,
+                                slots,
+                            );
                             assert!(
                                 tile.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                                 "{kernel:?} q={queries} d={d} t={tokens} first={first_row} valid={valid}"
@@ -1519,17 +1537,15 @@ mod tests {
                             };
                             ran = true;
                             assert!(finite);
-                            let mut want = vec![f32::NEG_INFINITY; slots * queries];
-                            for r in 0..valid {
-                                for l in 0..queries {
-                                    let s = dot_chain(
-                                        &gallery[r * d..(r + 1) * d],
-                                        &qs[l * d..(l + 1) * d],
-                                    );
-                                    let slot = &mut want[(first_row + r) / tokens * queries + l];
-                                    *slot = slot.max(s);
-                                }
-                            }
+                            let want = reference_tile(
+                                &gallery[..valid * d],
+                                &qs,
+                                d,
+                                queries,
+                                tokens,
+                                first_row,
+                                slots,
+                            );
                             assert!(
                                 tile.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                                 "{kernel:?} q={queries} d={d} t={tokens} first={first_row} valid={valid}"
