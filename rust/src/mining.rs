@@ -145,6 +145,13 @@ impl HardNegatives {
         });
     }
 
+    /// Appends the parallel tasks' results in task order, or returns the first task's error
+    /// (the first failing task holds the first bad row).
+    fn append_parts(&mut self, tasks: Vec<Result<HardNegatives>>) -> Result<()> {
+        let parts = tasks.into_iter().collect::<Result<Vec<_>>>()?;
+        self.append(&parts)
+    }
+
     /// Appends the queries of `parts`, in order. Room is reserved fallibly first, so on
     /// [`QureError::OutOfMemory`] nothing was appended.
     pub fn append(&mut self, parts: &[HardNegatives]) -> Result<()> {
@@ -358,12 +365,7 @@ impl<'a> Miner<'a> {
                 })
             })
             .collect();
-        let mut parts = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            // The first failing task holds the first bad row.
-            parts.push(chunk?);
-        }
-        out.append(&parts)
+        out.append_parts(chunks)
     }
 
     /// Mines queries `first_query ..` from their windows instead of their score rows: for each,
@@ -411,11 +413,7 @@ impl<'a> Miner<'a> {
                 })
             })
             .collect();
-        let mut parts = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            parts.push(chunk?);
-        }
-        out.append(&parts)
+        out.append_parts(chunks)
     }
 
     /// The options.
@@ -522,11 +520,7 @@ impl<'a> Miner<'a> {
                 })
                 .collect()
         });
-        let mut parts = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            parts.push(chunk?);
-        }
-        threads::install(|| out.append(&parts))?;
+        threads::install(|| out.append_parts(chunks))?;
         Ok(out)
     }
 
