@@ -152,7 +152,7 @@ def _target_scores(
     for b in range(0, len(local), _TARGET_BLOCK):
         rows = local[b : b + _TARGET_BLOCK]
         columns, which = np.unique(targets[rows] - first_item, return_inverse=True)
-        block = _core.score(queries[rows], np.ascontiguousarray(shard[columns]), fmt)
+        block = _core.score(queries[rows], shard[columns], fmt)  # fancy indexing: contiguous copies
         found[rows] = block[np.arange(len(rows)), which.reshape(-1)]
     return qdist.all_reduce_max(found)
 
