@@ -1682,30 +1682,3 @@ mod tests {
         score_rows(kernel, d, &gallery, &gallery, &mut tile, 0, 1, 1);
     }
 }
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn kernel_in_cache_throughput() {
-        let kernel = Kernel::best();
-        let (rows, lanes, d) = (kernel.rows(), kernel.lanes(), 256);
-        let group = vec![0.5f32; rows * d];
-        let panel = vec![0.25f32; lanes * d];
-        let mut tile = vec![f32::NEG_INFINITY; (rows + 2) * lanes];
-        let calls = 200_000;
-        let start = std::time::Instant::now();
-        for i in 0..calls {
-            score_rows(kernel, d, &group, &panel, &mut tile, i % 2, 1, rows);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let gflops = 2.0 * (rows * lanes * d * calls) as f64 / secs / 1e9;
-        let peak = fma_peak_gflops(kernel, 100_000_000);
-        eprintln!(
-            "{kernel:?}: kernel {gflops:.1} GFLOP/s, peak {peak:.1} ({:.0}%)",
-            gflops / peak * 100.0
-        );
-    }
-}
