@@ -516,6 +516,10 @@ pub fn score_rows_gl(
 /// Queries [`score_rows_direct`] takes at most (one `f32` per lane of a 256-bit vector).
 pub const DIRECT_QUERIES: usize = 8;
 
+/// Rows to hand [`score_rows_direct`] at a time when they are widened first: a multiple of the
+/// rows it scores together (8), so that no row but the gallery's last few is scored alone.
+pub const DIRECT_GROUP_ROWS: usize = 16;
+
 /// The few-query kernel on unpacked `f32` rows, where the CPU has AVX2 and FMA (`None`
 /// otherwise: then pack the rows for [`score_rows_gl`]).
 ///
@@ -784,9 +788,10 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for k in 0..d {
             if k % 16 == 0 {
-                // The next rows' line at this feature (a prefetch reads nothing, cannot fault).
+                // The next rows' line at this feature, into L2 only: into L1 it would evict the
+                // rows being scored (a prefetch reads nothing, cannot fault).
                 for i in 0..R {
-                    _mm_prefetch::<_MM_HINT_T0>(g.wrapping_add((2 * R + i) * d + k).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(g.wrapping_add((2 * R + i) * d + k).cast());
                 }
             }
             // Lanes past `queries` are not read (the masked load) and stay unused.

@@ -14,7 +14,7 @@ use crate::error::{try_filled, try_reserve, QureError, Result};
 pub use crate::kernel::Features;
 use crate::kernel::{
     above_masks, pack_group, pack_panels, score_rows, score_rows_direct, score_rows_gl, widen_into,
-    Kernel, DIRECT_QUERIES, MAX_LANES,
+    Kernel, DIRECT_GROUP_ROWS, DIRECT_QUERIES, MAX_LANES,
 };
 use crate::keys::{key_index, key_score, rank_key};
 use crate::mining::{Exclusions, HardNegatives, MineOptions, Miner};
@@ -207,8 +207,10 @@ impl<'a> Scorer<'a> {
         let single = panels.len() == 1;
         let groups_per_block = if single { 1 } else { (per_block * t).div_ceil(rows) };
         let mut tile = try_filled("a score tile", &[per_block, lanes], f32::NEG_INFINITY)?;
+        // One panel of few queries widens half-precision rows DIRECT_GROUP_ROWS at a time.
+        let group_rows = if single { rows.max(DIRECT_GROUP_ROWS) } else { rows };
         let mut packed_block =
-            try_filled("packed gallery rows", &[groups_per_block, rows, d], 0.0f32)?;
+            try_filled("packed gallery rows", &[groups_per_block, group_rows, d], 0.0f32)?;
         let score_group = |panel: usize, group: &[f32], tile: &mut [f32], g: usize, n_rows| {
             let queries = &self.packed[panel * d * lanes..(panel + 1) * d * lanes];
             let first_row = g * rows;
@@ -246,11 +248,12 @@ impl<'a> Scorer<'a> {
                     }
                     _ => {
                         let mut all = Some(true);
-                        for g in 0..n_groups {
-                            let end = ((g + 1) * rows).min(n_rows);
-                            let group = &mut packed_block[..(end - g * rows) * d];
-                            widen_into(self.kernel, block.slice(g * rows * d..end * d), group);
-                            let first_row = g * rows;
+                        let step = DIRECT_GROUP_ROWS;
+                        for g in 0..n_rows.div_ceil(step) {
+                            let end = ((g + 1) * step).min(n_rows);
+                            let group = &mut packed_block[..(end - g * step) * d];
+                            widen_into(self.kernel, block.slice(g * step * d..end * d), group);
+                            let first_row = g * step;
                             let k = self.kernel;
                             all =
                                 score_rows_direct(k, d, group, queries, lanes, tile, first_row, t)
@@ -265,9 +268,10 @@ impl<'a> Scorer<'a> {
                 match direct {
                     Some(ok) => finite = ok,
                     None => {
+                        let packed = &mut packed_block[..rows * d];
                         for g in 0..n_groups {
-                            finite &= pack(g, &mut packed_block);
-                            score_group(panels.start, &packed_block, tile, g, n_rows);
+                            finite &= pack(g, packed);
+                            score_group(panels.start, packed, tile, g, n_rows);
                         }
                     }
                 }
