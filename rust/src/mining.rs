@@ -134,73 +134,88 @@ impl HardNegatives {
         try_reserve(&mut self.drops, queries, "drop positions", &[queries, 2])
     }
 
-    /// Closes the current row, whose band was already pushed onto `indices` and `scores`.
-    fn finish_row(&mut self, target_rank: usize, target_score: f32, drops: Option<(usize, usize)>) {
-        self.indptr.push(self.indices.len() as i64);
-        self.target_rank.push(target_rank as i64);
-        self.target_score.push(target_score);
-        self.drops.push(match drops {
-            Some((a, b)) => [a as i64, b as i64],
-            None => [-1, -1],
-        });
-    }
-
-    /// Appends the parallel tasks' results in task order, or returns the first task's error
-    /// (the first failing task holds the first bad row).
-    fn append_parts(&mut self, tasks: Vec<Result<HardNegatives>>) -> Result<()> {
+    /// Appends the parallel tasks' queries in task order, or returns the first task's error (the
+    /// first failing task holds the first bad row). Room is reserved fallibly first, so on
+    /// [`QureError::OutOfMemory`] nothing was appended. The tasks' rank keys are turned into
+    /// indices and scores in parallel (on the current pool), each part straight into its own
+    /// slice of the output.
+    fn append_parts(&mut self, tasks: Vec<Result<Part>>) -> Result<()> {
         let parts = tasks.into_iter().collect::<Result<Vec<_>>>()?;
-        self.append(&parts)
-    }
-
-    /// Appends the queries of `parts`, in order. Room is reserved fallibly first, so on
-    /// [`QureError::OutOfMemory`] nothing was appended.
-    pub fn append(&mut self, parts: &[HardNegatives]) -> Result<()> {
-        let extra: usize = parts.iter().map(|p| p.indices.len()).sum();
+        let extra: usize = parts.iter().map(|p| p.keys.len()).sum();
         let total = self.indices.len().saturating_add(extra);
         try_reserve(&mut self.indices, extra, "bands", &[total])?;
         try_reserve(&mut self.scores, extra, "band scores", &[total])?;
-        self.reserve_rows(parts.iter().map(HardNegatives::len).sum())?;
-        // The bands are copied in parallel (on the current pool), each part to its own slice.
-        copy_parts(&mut self.indices, parts.iter().map(|p| p.indices.as_slice()));
-        copy_parts(&mut self.scores, parts.iter().map(|p| p.scores.as_slice()));
-        let mut offset = (total - extra) as i64;
-        for part in parts {
-            self.indptr.extend(part.indptr[1..].iter().map(|&p| p + offset));
-            offset += part.indices.len() as i64;
-            self.target_rank.extend_from_slice(&part.target_rank);
-            self.target_score.extend_from_slice(&part.target_score);
-            self.drops.extend_from_slice(&part.drops);
-            self.removed.add(&part.removed);
+        self.reserve_rows(parts.iter().map(|p| p.rows.len()).sum())?;
+        let mut indices = &mut self.indices.spare_capacity_mut()[..extra];
+        let mut scores = &mut self.scores.spare_capacity_mut()[..extra];
+        let mut slots = Vec::new();
+        try_reserve(&mut slots, parts.len(), "mining scratch", &[parts.len()])?;
+        for part in &parts {
+            let (i, rest_i) = indices.split_at_mut(part.keys.len());
+            let (s, rest_s) = scores.split_at_mut(part.keys.len());
+            slots.push((i, s, part.keys.as_slice()));
+            (indices, scores) = (rest_i, rest_s);
+        }
+        slots.into_par_iter().with_min_len(4).for_each(|(indices, scores, keys)| {
+            for ((index, score), &key) in indices.iter_mut().zip(scores.iter_mut()).zip(keys) {
+                index.write(i64::from(key_index(key)));
+                score.write(key_score(key));
+            }
+        });
+        let old = self.indices.len();
+        // SAFETY: the slots tile the first `extra` spare slots of both vectors, and each slot was
+        // written in full (a slot is exactly as long as its part's keys).
+        unsafe {
+            self.indices.set_len(old + extra);
+            self.scores.set_len(old + extra);
+        }
+        let mut offset = old as i64;
+        for part in &parts {
+            let rows = &part.rows;
+            self.indptr.extend(rows.indptr[1..].iter().map(|&p| p + offset));
+            offset += part.keys.len() as i64;
+            self.target_rank.extend_from_slice(&rows.target_rank);
+            self.target_score.extend_from_slice(&rows.target_score);
+            self.drops.extend_from_slice(&rows.drops);
+            self.removed.add(&rows.removed);
         }
         Ok(())
     }
 }
 
-/// Appends the slices of `parts`, in order, to `out`, which has room for them: the copies run in
-/// parallel on the current pool, each into its own part of the spare capacity.
-fn copy_parts<'a, T: Copy + Send + Sync + 'a>(
-    out: &mut Vec<T>,
-    parts: impl Iterator<Item = &'a [T]>,
-) {
-    let parts: Vec<&[T]> = parts.collect();
-    let extra: usize = parts.iter().map(|p| p.len()).sum();
-    assert!(out.capacity() - out.len() >= extra, "room is reserved first");
-    let mut rest = &mut out.spare_capacity_mut()[..extra];
-    let mut slots = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let (slot, tail) = rest.split_at_mut(part.len());
-        slots.push(slot);
-        rest = tail;
+/// One parallel task's queries: their rows as in [`HardNegatives`] (whose `indptr` counts into
+/// `keys`; its indices and scores stay empty) and every kept item as its rank key, turned into
+/// an index and a score once, in the output ([`HardNegatives::append_parts`]).
+struct Part {
+    rows: HardNegatives,
+    keys: Vec<u64>,
+}
+
+impl Part {
+    /// An empty part with room for `queries` queries (allocated fallibly).
+    fn try_with_capacity(queries: usize) -> Result<Self> {
+        Ok(Part { rows: HardNegatives::try_with_capacity(queries)?, keys: Vec::new() })
     }
-    slots.into_par_iter().zip(parts.par_iter()).with_min_len(4).for_each(|(slot, part)| {
-        // SAFETY: `slot` is exactly `part.len()` slots (split above) of another allocation;
-        // writing `Copy` values into `MaybeUninit` slots needs nothing else.
-        unsafe {
-            std::ptr::copy_nonoverlapping(part.as_ptr(), slot.as_mut_ptr().cast::<T>(), part.len())
-        };
-    });
-    // SAFETY: the slots tile the first `extra` spare slots and each was written in full.
-    unsafe { out.set_len(out.len() + extra) };
+
+    /// Appends kept items, in rank order, to the current query.
+    fn keep(&mut self, keys: &[u64]) -> Result<()> {
+        let total = self.keys.len().saturating_add(keys.len());
+        try_reserve(&mut self.keys, keys.len(), "bands", &[total])?;
+        self.keys.extend_from_slice(keys);
+        Ok(())
+    }
+
+    /// Closes the current query, whose kept items were already appended.
+    fn finish_row(&mut self, target_rank: usize, target_score: f32, drops: Option<(usize, usize)>) {
+        let rows = &mut self.rows;
+        rows.indptr.push(self.keys.len() as i64);
+        rows.target_rank.push(target_rank as i64);
+        rows.target_score.push(target_score);
+        rows.drops.push(match drops {
+            Some((a, b)) => [a as i64, b as i64],
+            None => [-1, -1],
+        });
+    }
 }
 
 /// Checks everything but the scores, once, and mines blocks of score rows.
@@ -320,13 +335,13 @@ impl<'a> Miner<'a> {
             )));
         }
         // Fixed-size tasks, concatenated in order: the same output for any thread count.
-        let chunks: Vec<Result<HardNegatives>> = block
+        let chunks: Vec<Result<Part>> = block
             .par_chunks(n * ROWS_PER_TASK)
             .enumerate()
             .map(|(c, rows)| {
                 SCRATCH.with_borrow_mut(|scratch| {
                     let first = first_query + c * ROWS_PER_TASK;
-                    let mut part = HardNegatives::try_with_capacity(rows.len() / n)?;
+                    let mut part = Part::try_with_capacity(rows.len() / n)?;
                     for (r, row) in rows.chunks_exact(n).enumerate() {
                         let query = first + r;
                         let target = self.targets[query] as usize;
@@ -387,7 +402,7 @@ impl<'a> Miner<'a> {
         {
             return Err(QureError::invalid("windows do not continue the queries mined"));
         }
-        let chunks: Vec<Result<HardNegatives>> = windows
+        let chunks: Vec<Result<Part>> = windows
             .par_chunks(ROWS_PER_TASK)
             .zip(ranks.par_chunks(ROWS_PER_TASK))
             .zip(target_scores.par_chunks(ROWS_PER_TASK))
@@ -395,7 +410,7 @@ impl<'a> Miner<'a> {
             .map(|(c, ((windows, ranks), scores))| {
                 SCRATCH.with_borrow_mut(|scratch| {
                     let first = first_query + c * ROWS_PER_TASK;
-                    let mut part = HardNegatives::try_with_capacity(windows.len())?;
+                    let mut part = Part::try_with_capacity(windows.len())?;
                     for (r, ((window, &rank), &score)) in
                         windows.iter().zip(ranks).zip(scores).enumerate()
                     {
@@ -488,10 +503,10 @@ impl<'a> Miner<'a> {
             return Ok(out);
         }
         let rows: Vec<usize> = (0..q).collect();
-        let chunks: Vec<Result<HardNegatives>> = threads::install(|| {
+        let chunks: Vec<Result<Part>> = threads::install(|| {
             rows.par_chunks(ROWS_PER_TASK)
                 .map_init(Scratch::default, |scratch, chunk| {
-                    let mut part = HardNegatives::try_with_capacity(chunk.len())?;
+                    let mut part = Part::try_with_capacity(chunk.len())?;
                     for &query in chunk {
                         let span = query * width..(query + 1) * width;
                         let keys = &mut scratch.keys;
@@ -540,7 +555,7 @@ impl<'a> Miner<'a> {
     /// Everything after the ranking, for one query whose candidate keys (the tail's, or every
     /// non-target item's for [`Candidates::Top`]) are in `scratch.keys`, in any order: chooses
     /// the candidates, removes known positives and duplicate ids, applies the filters, selects,
-    /// and appends the kept items and their scores to `part`. `row` is the query's score row
+    /// and appends the kept items' rank keys to `part`. `row` is the query's score row
     /// (needed for [`Reference::LowestPositive`]). Returns the band's drops (band only).
     fn choose_and_keep(
         &self,
@@ -549,7 +564,7 @@ impl<'a> Miner<'a> {
         row: Option<&[f32]>,
         chosen: Option<Option<(usize, usize)>>,
         scratch: &mut Scratch,
-        part: &mut HardNegatives,
+        part: &mut Part,
     ) -> Result<Option<(usize, usize)>> {
         let spec = self.spec;
         let drops = match (spec.candidates, chosen) {
@@ -567,13 +582,8 @@ impl<'a> Miner<'a> {
             spec.filters.is_empty(),
         ) {
             // Nothing to remove and everything kept: the band is the output.
-            let band = &scratch.band;
-            part.removed.candidates += band.len() as u64;
-            let total = part.indices.len().saturating_add(band.len());
-            try_reserve(&mut part.indices, band.len(), "bands", &[total])?;
-            try_reserve(&mut part.scores, band.len(), "band scores", &[total])?;
-            part.indices.extend(band.iter().map(|&k| i64::from(key_index(k))));
-            part.scores.extend(band.iter().map(|&k| key_score(k)));
+            part.rows.removed.candidates += scratch.band.len() as u64;
+            part.keep(&scratch.band)?;
             return Ok(drops);
         }
         let reference = match (spec.filters.reference, row) {
@@ -656,18 +666,18 @@ impl<'a> Miner<'a> {
             }
         }
         let removed = keeper.removed;
-        part.removed.add(&removed);
+        part.rows.removed.add(&removed);
         self.select_into(query, reference, &mut scratch.survivors, part)?;
         Ok(drops)
     }
 
-    /// Appends the selected survivors (rank keys in rank order) and their scores to `part`.
+    /// Appends the selected survivors (rank keys in rank order) to `part`.
     fn select_into(
         &self,
         query: usize,
         reference: f32,
         survivors: &mut Vec<u64>,
-        part: &mut HardNegatives,
+        part: &mut Part,
     ) -> Result<()> {
         let key = pick_key(self.spec.seed, self.spec.first_query.wrapping_add(query as u64));
         let k = match self.spec.pick {
@@ -692,12 +702,7 @@ impl<'a> Miner<'a> {
             survivors.extend(ranked[..k].iter().map(|&(_, s)| s));
             survivors.sort_unstable();
         }
-        let total = part.indices.len().saturating_add(survivors.len());
-        try_reserve(&mut part.indices, survivors.len(), "bands", &[total])?;
-        try_reserve(&mut part.scores, survivors.len(), "band scores", &[total])?;
-        part.indices.extend(survivors.iter().map(|&s| i64::from(key_index(s))));
-        part.scores.extend(survivors.iter().map(|&s| key_score(s)));
-        Ok(())
+        part.keep(survivors)
     }
 }
 
